@@ -1,0 +1,43 @@
+"""Run a recipe's stages in order, skipping those already done for the same config and inputs.
+
+Examples:
+
+  slmkit run demo
+
+  slmkit run recipes/demo.yaml finetune.max_steps=40
+
+  slmkit run my.yaml --from finetune        # rerun finetune and everything after it
+
+  slmkit run my.yaml --only curate --force curate
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from slmkit.cli.common import OverridesArg, RunsDirOpt, console
+
+NAME = "run"
+NO_ARGS_HELP = True
+
+
+def command(
+    recipe: str = typer.Argument(..., help="recipe file, or the name of a shipped recipe (slmkit recipes)"),
+    overrides: list[str] = OverridesArg,
+    only: list[str] = typer.Option(None, "--only", help="run only this stage (repeatable)"),
+    start: str = typer.Option(None, "--from", help="rerun this stage and every stage after it"),
+    force: list[str] = typer.Option(None, "--force", help="rerun this stage even if it is done (repeatable)"),
+    runs_dir: Path = RunsDirOpt,
+) -> None:
+    from slmkit.cli.status import print_status
+    from slmkit.pipelines.recipe import find_recipe, load_recipe
+    from slmkit.pipelines.runner import Run
+
+    rec = load_recipe(recipe, overrides)
+    run = Run.open(rec, runs_dir)
+    console.print(f"run directory: {run.root}")
+    run.execute(only=only, start=start, force=force, recipe_file=str(find_recipe(recipe)),
+                overrides=overrides or [], console=console)
+    print_status(run)

@@ -1,0 +1,60 @@
+"""Show a run's stages: done / stale / pending / failed / running, with times and key metrics.
+
+Examples:
+
+  slmkit status demo                 # runs/demo, against the recipe it last ran with
+
+  slmkit status runs/demo --recipe my.yaml   # what a rerun with my.yaml would redo
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from slmkit.cli.common import RunsDirOpt, console
+
+NAME = "status"
+NO_ARGS_HELP = True
+
+STYLE = {"done": "green", "stale": "yellow", "pending": "dim", "failed": "bold red", "running": "cyan"}
+
+
+def _brief(metrics: dict, limit: int = 4) -> str:
+    items = [(k, v) for k, v in metrics.items() if isinstance(v, (int, float, str)) and not isinstance(v, bool)]
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in items[:limit])
+
+
+def print_status(run) -> None:
+    table = Table(title=f"run {run.recipe.name}  ({run.root})")
+    for col in ("stage", "state", "started", "finished", "seconds", "metrics / error"):
+        table.add_column(col)
+    for row in run.status():
+        state = row["state"]
+        detail = row["error"] if state == "failed" else _brief(row["metrics"])
+        table.add_row(row["stage"], f"[{STYLE[state]}]{state}[/]", row["started"] or "", row["finished"] or "",
+                      "" if row["seconds"] is None else f"{row['seconds']:.1f}", detail or "")
+    console.print(table)
+
+
+def command(
+    run_name: str = typer.Argument(..., metavar="RUN", help="run name (under --runs-dir) or run directory"),
+    recipe: str = typer.Option(None, "--recipe", "-r", help="compare against this recipe instead of the last one run"),
+    runs_dir: Path = RunsDirOpt,
+) -> None:
+    from slmkit.pipelines.errors import SlmkitError
+    from slmkit.pipelines.recipe import load_recipe, validate_data
+    from slmkit.pipelines.rundir import read_json
+    from slmkit.pipelines.runner import Run
+
+    root = Path(run_name) if Path(run_name).is_dir() else runs_dir / run_name
+    manifest = read_json(root / "manifest.json")
+    if recipe:
+        rec = load_recipe(recipe)
+    elif manifest:
+        rec = validate_data(manifest["recipe"], f"{root}/manifest.json")
+    else:
+        raise SlmkitError(f"{root}: no run there (no manifest.json); runs are made by `slmkit run RECIPE`")
+    print_status(Run(rec, root.resolve()))

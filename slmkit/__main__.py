@@ -1,0 +1,3 @@
+from slmkit.cli.app import main
+
+main()
