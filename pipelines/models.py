@@ -142,7 +142,8 @@ def prepare(name: str, force: bool = False, log: Callable[[str], None] = print) 
     source = known.source()
     log(f"preparing {name} from {source.name} (dequantising GGUF into an HF folder)…")
     started = time.time()
-    partial = out.with_name(out.name + ".partial")
+    # Per-process partial folder: two processes preparing at once each finish their own, and the first rename wins.
+    partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     _gguf_to_hf_folder(source, partial)
     meta = {
@@ -156,6 +157,9 @@ def prepare(name: str, force: bool = False, log: Callable[[str], None] = print) 
     }
     # The marker is written last: a folder without it is never taken for a finished one.
     (partial / "slmkit-model.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if is_prepared(name) and not force:
+        shutil.rmtree(partial, ignore_errors=True)
+        return out
     shutil.rmtree(out, ignore_errors=True)
     partial.rename(out)
     return out
