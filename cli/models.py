@@ -23,7 +23,8 @@ def _list(ctx: typer.Context) -> None:
     from slmkit.pipelines.models import listing
 
     table = Table(title="known models (any HF id or local HF folder works too)")
-    for col in ("name", "kind", "package", "state", "license", "about"):
+    table.add_column("name", no_wrap=True, style="bold")
+    for col in ("kind", "package", "state", "license", "about"):
         table.add_column(col)
     for row in listing():
         table.add_row(row["name"], row["kind"], row["package"], row["state"], row["license"], row["about"])

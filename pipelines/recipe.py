@@ -23,16 +23,22 @@ class RecipeBase(StrictModel):
     seed: int = 0
 
 
-# One optional section per stage, from the stage table: a section present means the stage is in the run.
-Recipe = create_model(
-    "Recipe",
-    __base__=RecipeBase,
-    **{name: (stage.config | None, None) for name, stage in STAGES.items()},
-)
+_models: dict[tuple, type] = {}
+
+
+def recipe_model() -> type[RecipeBase]:
+    """The Recipe model: one optional section per row of the stage table (a section present means the stage
+    is in the run). Built from the table as it is now, so tests may swap in toy stages."""
+    key = tuple((name, stage.config) for name, stage in STAGES.items())
+    if key not in _models:
+        _models[key] = create_model(
+            "Recipe", __base__=RecipeBase, **{name: (config | None, None) for name, config in key}
+        )
+    return _models[key]
 
 
 def stages_in(recipe: Any) -> list[str]:
-    return [name for name in STAGES if getattr(recipe, name) is not None]
+    return [name for name in STAGES if getattr(recipe, name, None) is not None]
 
 
 # ---------------------------------------------------------------- loading
@@ -155,7 +161,7 @@ def load_recipe(path: Path | str, overrides: list[str] | None = None):
 def validate_data(data: dict, source: str = "recipe", lines: dict | None = None,
                   overridden: set | None = None, base_dir: Path | None = None):
     try:
-        return Recipe.model_validate(data, context={"base_dir": base_dir or Path.cwd()})
+        return recipe_model().model_validate(data, context={"base_dir": base_dir or Path.cwd()})
     except ValidationError as err:
         raise RecipeError(source, _problems(err, lines or {}, overridden or set())) from None
 

@@ -128,6 +128,8 @@ class Run:
             ups = self.upstream_of(name)
             missing = [u for u in ups if u not in results]
             if missing:
+                if name not in chosen:
+                    continue
                 raise SlmkitError(f"stage '{name}' needs {', '.join(missing)}, which is not done or is stale: "
                                   "run it first (drop --only/--from)")
             upstream = {u: results[u] for u in ups}

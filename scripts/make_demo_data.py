@@ -1,0 +1,171 @@
+"""Generate the demo's raw data: support tickets to turn into JSON, messy on purpose, with ground truth.
+
+    python scripts/make_demo_data.py            # writes recipes/data/tickets_raw.jsonl and tickets_eval.jsonl
+
+Seeded, so the committed files are exactly what this script writes (a test checks it). The pile holds
+in-domain tickets in free-form wording, exact duplicates, near duplicates (a typo, a changed greeting),
+off-domain noise (recipes, weather chatter, spam), and the eval set is held out with its ground truth.
+
+The task is harder than "copy four fields": the product is written in varied case and spacing, the urgency
+must be inferred from the wording, the order id is optional and sits among distractor numbers (phone numbers,
+amounts, dates), and refund_requested must be read from the request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+PRODUCTS = {  # canonical name -> how customers refer to it
+    "CloudSync": ["CloudSync", "cloudsync", "Cloud Sync", "CLOUDSYNC"],
+    "PayFlow": ["PayFlow", "payflow", "Pay Flow", "PAYFLOW"],
+    "DataVault": ["DataVault", "datavault", "Data Vault", "DATAVAULT"],
+    "MailPilot": ["MailPilot", "mailpilot", "Mail Pilot", "MAILPILOT"],
+    "TaskHub": ["TaskHub", "taskhub", "Task Hub", "TASKHUB"],
+}
+FIRST = ["Maria", "John", "Aisha", "Wei", "Lukas", "Sofia", "Omar", "Emma", "Ravi", "Chloe", "Diego", "Hannah",
+         "Kenji", "Fatima", "Piotr", "Grace", "Mateo", "Ingrid", "Samuel", "Leila"]
+LAST = ["Lopez", "Smith", "Khan", "Chen", "Becker", "Rossi", "Haddad", "Johnson", "Patel", "Martin", "Garcia",
+        "Novak", "Tanaka", "Ali", "Kowalski", "Okafor", "Silva", "Berg", "Adeyemi", "Moreau"]
+
+# category -> problem sentences ({p} = product mention)
+PROBLEMS = {
+    "billing": [
+        "I was charged twice for {p} this month.",
+        "My invoice for {p} shows the wrong plan, I'm on Basic not Pro.",
+        "The renewal price of {p} went up without any notice.",
+        "{p} billed my old credit card even though I updated it.",
+    ],
+    "technical": [
+        "{p} crashes every time I open it since the last update.",
+        "I can't get {p} to connect, it just spins forever.",
+        "Files I saved in {p} yesterday are gone today.",
+        "{p} shows error 0x80 when I try to export.",
+    ],
+    "account": [
+        "I can't log into {p}, the password reset email never arrives.",
+        "Please change the email address on my account for {p}.",
+        "My account for {p} got locked after two login attempts.",
+        "How do I add a second user to {p}?",
+    ],
+    "feature_request": [
+        "It would be great if {p} had a dark mode.",
+        "Could {p} support exporting to CSV?",
+        "Any plans to add a calendar view to {p}?",
+        "Please let {p} sync over mobile data too.",
+    ],
+}
+URGENCY = {
+    "high": ["This is urgent, our whole team is blocked.", "Please fix ASAP, I have a deadline tomorrow.",
+             "URGENT: we are losing money every hour this goes on."],
+    "normal": ["Could you take a look when you can?", "Thanks for looking into it.", "Let me know what you find."],
+    "low": ["No rush at all, just curious.", "Whenever you get a chance, it's not important.",
+            "Low priority, just wanted to mention it."],
+}
+REFUND = ["I'd like a refund for this.", "Please refund the extra charge.", "I want my money back."]
+GREETINGS = ["Hi,", "Hello support,", "Hey there,", "Dear team,", "Good morning,", ""]
+SIGN_OFFS = ["Thanks, {n}", "Best regards,\n{n}", "Cheers, {n}", "-- {n}", "{n}"]
+DISTRACTORS = [
+    "You can call me on +1 555 {a:03d} {b:04d}.",
+    "I paid {a}.{b:02d} EUR on the 12th.",
+    "My account was opened in 20{a:02d}.",
+    "Ticket #{a}{b} from last week was closed without an answer.",
+]
+NOISE = [
+    "Recipe: mix two cups of flour with one egg, bake for 20 minutes at 180C.",
+    "The weather in Lisbon will be sunny with highs of 24 degrees this weekend.",
+    "CONGRATULATIONS!!! You have WON a free cruise, click here to claim now!!!",
+    "Minutes of the book club: we discussed chapter four and agreed to meet on Friday.",
+    "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor.",
+    "Top 10 hiking trails in the Alps, ranked by difficulty and view.",
+]
+
+INSTRUCTION = ("Extract the support ticket below as JSON with keys customer_name, product (one of CloudSync, "
+               "PayFlow, DataVault, MailPilot, TaskHub), urgency (high, normal or low), order_id (like "
+               "ORD-12345, or null) and refund_requested (true or false). Answer with the JSON only.")
+
+
+def ticket(rng: random.Random) -> dict:
+    product = rng.choice(list(PRODUCTS))
+    category = rng.choice(list(PROBLEMS))
+    urgency = rng.choices(["high", "normal", "low"], weights=[3, 5, 2])[0]
+    if category == "feature_request":
+        urgency = rng.choice(["normal", "low"])
+    name = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
+    refund = category == "billing" and rng.random() < 0.6
+    order_id = f"ORD-{rng.randint(10000, 99999)}" if rng.random() < 0.55 else None
+    parts = [rng.choice(GREETINGS)]
+    parts.append(rng.choice(PROBLEMS[category]).format(p=rng.choice(PRODUCTS[product])))
+    if order_id:
+        parts.append(rng.choice([f"My order number is {order_id}.", f"(order {order_id})",
+                                 f"This is about order {order_id}.", f"Ref: {order_id}"]))
+    if rng.random() < 0.6:
+        parts.append(rng.choice(DISTRACTORS).format(a=rng.randint(1, 99), b=rng.randint(0, 99)))
+    if refund:
+        parts.append(rng.choice(REFUND))
+    parts.append(rng.choice(URGENCY[urgency]))
+    parts.append(rng.choice(SIGN_OFFS).format(n=name))
+    text = "\n".join(p for p in parts if p)
+    # The category shapes the wording but is not asked for: the teacher models at hand do no better than
+    # chance on it (checked: 15/40 with 8 shots), so it would teach the student noise.
+    answer = {"customer_name": name, "product": product, "urgency": urgency, "order_id": order_id,
+              "refund_requested": refund}
+    return {"ticket": text, "answer": answer}
+
+
+def near_duplicate(rng: random.Random, text: str) -> str:
+    """A copy a real pile would hold: a changed greeting, a typo, extra whitespace."""
+    edits = [
+        lambda t: t.replace("Hi,", "Hello,", 1) if "Hi," in t else "Hi,\n" + t,
+        lambda t: t.replace(" the ", " teh ", 1),
+        lambda t: t.replace(".", ". ", 1) + "\n",
+        lambda t: t + "\nSent from my phone",
+    ]
+    return rng.choice(edits)(text)
+
+
+def build(seed: int = 0, n_train: int = 240, n_eval: int = 40) -> tuple[list[dict], list[dict]]:
+    rng = random.Random(seed)
+    seen: set[str] = set()
+    tickets: list[dict] = []
+    while len(tickets) < n_train + n_eval:
+        t = ticket(rng)
+        if t["ticket"] not in seen:
+            seen.add(t["ticket"])
+            tickets.append(t)
+    train, held_out = tickets[:n_train], tickets[n_train:]
+    raw: list[dict] = [{"id": f"t{i:04d}", "text": t["ticket"], "source": "helpdesk"} for i, t in enumerate(train)]
+    for i in range(n_train // 8):  # exact duplicates
+        raw.append({**rng.choice(raw[:n_train]), "id": f"dup{i:03d}"})
+    for i in range(n_train // 8):  # near duplicates
+        src = rng.choice(raw[:n_train])
+        raw.append({"id": f"near{i:03d}", "text": near_duplicate(rng, src["text"]), "source": "helpdesk"})
+    for i in range(n_train // 10):  # off-domain noise that landed in the export
+        raw.append({"id": f"noise{i:03d}", "text": rng.choice(NOISE), "source": "misc"})
+    raw.append({"id": f"leak{0:03d}", "text": held_out[0]["ticket"], "source": "helpdesk"})  # an eval item leaked
+    rng.shuffle(raw)
+    evals = [{"id": f"e{i:03d}", "prompt": f"{INSTRUCTION}\n\nTicket:\n{t['ticket']}", "ticket": t["ticket"],
+              "answer": t["answer"]} for i, t in enumerate(held_out)]
+    return raw, evals
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "recipes" / "data")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    raw, evals = build(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(args.out / "tickets_raw.jsonl", raw)
+    write_jsonl(args.out / "tickets_eval.jsonl", evals)
+    print(f"{len(raw)} raw records, {len(evals)} eval items -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The command line: every verb has help with examples; bad input gets one clear message, no traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from slmkit.cli.app import app
+
+VERBS = ["curate", "distill", "finetune", "merge", "quantize", "bench", "run", "status", "validate", "recipes",
+         "models"]
+
+
+def slmkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "slmkit", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=120)
+
+
+def test_root_help_lists_every_verb():
+    result = CliRunner().invoke(app, ["--help"], terminal_width=200)
+    assert result.exit_code == 0
+    for verb in VERBS:
+        assert f" {verb} " in result.output, verb
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_has_help_with_examples(verb):
+    result = CliRunner().invoke(app, [verb, "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    assert "Examples" in result.output
+    assert "Usage: slmkit " + verb in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("args, needle, code", [
+    (["validate", "no-such-recipe.yaml"], "no such recipe file", 2),
+    (["run", "no-such-recipe.yaml"], "no such recipe file", 2),
+    (["status", "no-such-run"], "no run there", 1),
+    (["models", "prepare", "no-such-model"], "unknown model 'no-such-model'", 1),
+    (["recipes", "nope"], "no shipped recipe 'nope'", 1),
+    (["finetune", "--model", "smollm2-135m-instruct", "--data", "missing.jsonl", "--out", "o"],
+     "--data: path does not exist", 2),
+    (["finetune", "--model", "nonsense-model", "--out", "o"], "--model: unknown model 'nonsense-model'", 2),
+    (["run", "demo", "--only", "nosuchstage"], "no such stage", 1),
+])
+def test_bad_input_gets_one_clear_message(tmp_path, args, needle, code):
+    result = slmkit(*args, cwd=tmp_path)
+    assert result.returncode == code, result.stderr
+    assert needle in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_lists_all_problems_and_exits_nonzero(tmp_path):
+    (tmp_path / "bad.yaml").write_text("name: x\nmodel: nope\nfinetune:\n  method: dora\n  max_stepz: 3\n")
+    result = slmkit("validate", "bad.yaml", cwd=tmp_path)
+    assert result.returncode == 2
+    err = " ".join(result.stderr.split())
+    assert "3 problem(s)" in err
+    for needle in ("model: unknown model 'nope'", "(line 2)", "finetune.method:", "(line 4)",
+                   "finetune.max_stepz: unknown key (line 5)"):
+        assert needle in err
+
+
+def test_validate_shipped_demo_and_recipes_listing(tmp_path):
+    result = slmkit("validate", "demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    listing = slmkit("recipes", cwd=tmp_path)
+    assert listing.returncode == 0 and "demo" in listing.stdout
+    shown = slmkit("recipes", "demo", cwd=tmp_path)
+    assert shown.stdout.startswith("# slmkit run demo")
+
+
+def test_models_lists_known(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    result = CliRunner().invoke(app, ["models"], terminal_width=250)
+    assert result.exit_code == 0
+    for name in ("smollm2-135m-instruct", "gemma3-270m", "all-minilm-l6-v2"):
+        assert name in result.output
+
+
+def test_status_table_of_a_run(tmp_path, toy_stages, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")
+    from toy_stages import write_recipe
+
+    from slmkit.pipelines.recipe import load_recipe
+    from slmkit.pipelines.runner import Run
+
+    recipe = write_recipe(tmp_path, tiny_model_dir)
+    Run.open(load_recipe(recipe), tmp_path / "runs").execute(only=["curate"])
+    result = CliRunner().invoke(app, ["status", "toy", "--runs-dir", str(tmp_path / "runs")], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    lines = {line.split("│")[1].strip(): line for line in result.output.splitlines() if line.count("│") > 3}
+    assert "done" in lines["curate"] and "pending" in lines["finetune"] and "pending" in lines["merge"]
