@@ -6,10 +6,22 @@ import sys
 
 import typer
 from rich.markup import escape
+from slmkit.cli import (
+    bench,
+    curate,
+    distill,
+    finetune,
+    merge,
+    models,
+    quantize,
+    recipes,
+    run,
+    status,
+    validate,
+)
+from slmkit.cli.common import err_console
 
 from slmkit import __version__
-from slmkit.cli import bench, curate, distill, finetune, merge, models, quantize, recipes, run, status, validate
-from slmkit.cli.common import err_console
 
 app = typer.Typer(
     name="slmkit",

@@ -8,7 +8,6 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-
 from slmkit.pipelines.errors import RecipeError
 
 console = Console()

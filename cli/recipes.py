@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import typer
 from rich.table import Table
-
 from slmkit.cli.common import console
 
 NAME = "recipes"
@@ -19,7 +18,6 @@ NAME = "recipes"
 
 def command(name: str = typer.Argument(None, help="print this shipped recipe")) -> None:
     import yaml
-
     from slmkit.pipelines.errors import SlmkitError
     from slmkit.pipelines.recipe import shipped
 

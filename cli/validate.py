@@ -10,7 +10,6 @@ Examples:
 from __future__ import annotations
 
 import typer
-
 from slmkit.cli.common import OverridesArg, console
 
 NAME = "validate"

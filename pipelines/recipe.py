@@ -10,7 +10,6 @@ from typing import Any
 
 import yaml
 from pydantic import Field, ValidationError, create_model
-
 from slmkit.pipelines.errors import RecipeError
 from slmkit.pipelines.stages import STAGES
 from slmkit.pipelines.types import ModelSpec, StrictModel

@@ -25,9 +25,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from slmkit import __version__
 from slmkit.pipelines.errors import SlmkitError
 from slmkit.pipelines.stage import Outcome, Stage, StageContext, StageResult
+
+from slmkit import __version__
 
 DONE = "DONE.json"
 RUNNING = "RUNNING.json"

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-
 from slmkit.pipelines import fingerprint as fp
 from slmkit.pipelines.errors import SlmkitError
 from slmkit.pipelines.models import model_digest

@@ -10,7 +10,6 @@ from typing import Any
 
 from pydantic import BaseModel
 from rich.console import Console
-
 from slmkit.pipelines.errors import SlmkitError
 
 

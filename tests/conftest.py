@@ -25,7 +25,6 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 def toy_stages(monkeypatch):
     """The stage table with toy stages in every row, restored after the test."""
     import toy_stages as toys
-
     from slmkit.pipelines.stages import STAGES
 
     originals = toys.install(STAGES)

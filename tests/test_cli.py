@@ -7,9 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
 from slmkit.cli.app import app
+from typer.testing import CliRunner
 
 VERBS = ["curate", "distill", "finetune", "merge", "quantize", "bench", "run", "status", "validate", "recipes",
          "models"]
@@ -83,10 +82,9 @@ def test_models_lists_known(monkeypatch):
 
 def test_status_table_of_a_run(tmp_path, toy_stages, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")
-    from toy_stages import write_recipe
-
     from slmkit.pipelines.recipe import load_recipe
     from slmkit.pipelines.runner import Run
+    from toy_stages import write_recipe
 
     recipe = write_recipe(tmp_path, tiny_model_dir)
     Run.open(load_recipe(recipe), tmp_path / "runs").execute(only=["curate"])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from slmkit.pipelines.models import KNOWN, check_model_spec, model_digest, resolve
 
 

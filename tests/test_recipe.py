@@ -5,9 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from slmkit.pipelines.errors import RecipeError
-from slmkit.pipelines.recipe import apply_overrides, find_recipe, load_recipe, parse_override, shipped, stages_in
+from slmkit.pipelines.recipe import (
+    apply_overrides,
+    find_recipe,
+    load_recipe,
+    parse_override,
+    shipped,
+    stages_in,
+)
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from slmkit.pipelines.errors import SlmkitError
 from slmkit.pipelines.recipe import load_recipe
 from slmkit.pipelines.runner import Run, run_standalone
@@ -139,7 +138,6 @@ def test_killed_stage_leaves_no_done_and_resumes_from_checkpoint(tmp_path, tiny_
     assert (root / "03_finetune.partial" / "partial-output.txt").exists()
 
     import toy_stages as toys
-
     from slmkit.pipelines.stages import STAGES
 
     originals = toys.install(STAGES)

@@ -13,7 +13,6 @@ from dataclasses import replace
 from pathlib import Path
 
 from pydantic import Field
-
 from slmkit.pipelines.stage import Outcome, StageContext
 from slmkit.pipelines.types import InputPath, ModelSpec, StrictModel
 
