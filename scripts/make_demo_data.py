@@ -146,9 +146,26 @@ def build(seed: int = 0, n_train: int = 240, n_eval: int = 40) -> tuple[list[dic
         raw.append({"id": f"noise{i:03d}", "text": rng.choice(NOISE), "source": "misc"})
     raw.append({"id": f"leak{0:03d}", "text": held_out[0]["ticket"], "source": "helpdesk"})  # an eval item leaked
     rng.shuffle(raw)
+    shots = few_shot_examples(seed + 1)
     evals = [{"id": f"e{i:03d}", "prompt": f"{INSTRUCTION}\n\nTicket:\n{t['ticket']}", "ticket": t["ticket"],
               "answer": t["answer"]} for i, t in enumerate(held_out)]
-    return raw, evals
+    return raw, evals, shots
+
+
+def few_shot_examples(seed: int, n: int = 8) -> list[dict]:
+    """Hand-checkable labelled examples for the teacher's prompt (not in the pile, not in the eval set):
+    every urgency, with and without an order id and a refund request."""
+    rng = random.Random(seed)
+    shots: list[dict] = []
+    wanted = [(u, o, r) for u in ("high", "normal", "low") for o in (True, False) for r in (True, False)]
+    while len(shots) < n:
+        t = ticket(rng)
+        a = t["answer"]
+        key = (a["urgency"], a["order_id"] is not None, a["refund_requested"])
+        if key in wanted:
+            wanted.remove(key)
+            shots.append({"prompt": f"{INSTRUCTION}\n\nTicket:\n{t['ticket']}", "response": json.dumps(a)})
+    return shots
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -160,11 +177,12 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "recipes" / "data")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    raw, evals = build(args.seed)
+    raw, evals, shots = build(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     write_jsonl(args.out / "tickets_raw.jsonl", raw)
     write_jsonl(args.out / "tickets_eval.jsonl", evals)
-    print(f"{len(raw)} raw records, {len(evals)} eval items -> {args.out}")
+    write_jsonl(args.out / "teacher_shots.jsonl", shots)
+    print(f"{len(raw)} raw records, {len(evals)} eval items, {len(shots)} teacher examples -> {args.out}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_generator_reproduces_committed_data(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "scripts" / "make_demo_data.py"), "--out", str(tmp_path)],
                    check=True, capture_output=True)
-    for name in ("tickets_raw.jsonl", "tickets_eval.jsonl"):
+    for name in ("tickets_raw.jsonl", "tickets_eval.jsonl", "teacher_shots.jsonl"):
         assert (tmp_path / name).read_bytes() == (ROOT / "recipes" / "data" / name).read_bytes(), name
 
 
