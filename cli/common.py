@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +54,9 @@ def run_stage_verb(stage: str, *, recipe: str | None, overrides: list[str] | Non
     if recipe:
         from slmkit.pipelines.recipe import find_recipe, load_recipe
 
-        sets = list(overrides or []) + [f"{stage}.{k}={v}" for k, v in flags.items() if v not in (None, [])]
+        # Flags become overrides of the recipe's section; JSON is valid YAML, so lists and paths survive the trip.
+        sets = list(overrides or []) + [f"{stage}.{k}={json.dumps(v, default=str)}"
+                                        for k, v in flags.items() if v not in (None, [])]
         rec = load_recipe(recipe, sets)
         if getattr(rec, stage) is None:
             raise SlmkitError(f"{recipe}: the recipe has no '{stage}' section")
