@@ -30,5 +30,8 @@ lint: setup
 bench: setup
 	mkdir -p bench-results
 
+bench-curate: setup
+	$(BIN)/python scripts/bench_curate.py
+
 clean:
 	rm -rf runs bench-results .pytest_cache
