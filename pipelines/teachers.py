@@ -1,0 +1,223 @@
+"""Teacher backends behind one interface, chosen by `kind`: an OpenAI-compatible HTTP endpoint, a local
+transformers model, or a local GGUF model (llama-cpp-python).
+
+A teacher answers `ask(messages, params) -> Answer`; callers run it on a thread pool of `concurrency` workers
+(HTTP teachers gain from it; local ones take 1 since they already use every core).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from slmkit.pipelines.errors import SlmkitError
+from slmkit.pipelines.types import StrictModel
+
+
+class TeacherConfig(StrictModel):
+    kind: Literal["openai", "hf", "gguf"]
+    model: str = Field(description="model name at the endpoint, or a local path for hf/gguf")
+    base_url: str | None = None
+    api_key_env: str | None = Field(None, description="environment variable holding the API key")
+    api: Literal["chat", "completions"] = "chat"
+    price_input_per_1m: float | None = Field(None, ge=0)
+    price_output_per_1m: float | None = Field(None, ge=0)
+    concurrency: int = Field(4, ge=1, le=256)
+    timeout: float = Field(60.0, gt=0)
+    retries: int = Field(5, ge=0)
+    backoff: float = Field(0.5, ge=0, description="first retry delay in seconds; doubles each time, with jitter")
+
+
+def parse_spec(spec: str | dict | TeacherConfig) -> TeacherConfig:
+    """`openai:MODEL@BASE_URL`, `hf:PATH`, `gguf:PATH`, or a mapping with `kind`."""
+    if isinstance(spec, TeacherConfig):
+        return spec
+    if isinstance(spec, dict):
+        return TeacherConfig.model_validate(spec)
+    kind, sep, rest = spec.partition(":")
+    if not sep or kind not in BACKENDS or not rest:
+        raise SlmkitError(f"distill.teacher: '{spec}' is not openai:MODEL@BASE_URL, hf:PATH or gguf:PATH")
+    if kind == "openai":
+        model, at, url = rest.partition("@")
+        if not at or not model or not url.startswith(("http://", "https://")):
+            raise SlmkitError(f"distill.teacher: '{spec}' needs the form openai:MODEL@http(s)://HOST/v1")
+        return TeacherConfig(kind="openai", model=model, base_url=url.rstrip("/"), api_key_env="OPENAI_API_KEY")
+    local = 1  # local models use every core already
+    return TeacherConfig(kind=kind, model=rest, concurrency=local)
+
+
+@dataclass
+class Answer:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    requests: int = 1  # HTTP attempts it took (retries included)
+
+
+class RetryableError(Exception):
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+# ---------------------------------------------------------------- openai-compatible HTTP
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+def _retry_after(headers) -> float | None:
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+class OpenAITeacher:
+    def __init__(self, cfg: TeacherConfig):
+        import httpx
+
+        self.cfg = cfg
+        if not cfg.base_url:
+            raise SlmkitError("distill.teacher.base_url: an openai teacher needs base_url")
+        headers = {}
+        key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        self.client = httpx.Client(base_url=cfg.base_url, headers=headers, timeout=cfg.timeout,
+                                   limits=httpx.Limits(max_connections=cfg.concurrency * 2))
+
+    def _once(self, messages: list[dict], params: dict) -> Answer:
+        import httpx
+
+        body: dict[str, Any] = {"model": self.cfg.model, **params}
+        if self.cfg.api == "chat":
+            route, body["messages"] = "/chat/completions", messages
+        else:
+            route, body["prompt"] = "/completions", "\n\n".join(m["content"] for m in messages)
+        try:
+            resp = self.client.post(route, json=body)
+        except (httpx.TimeoutException, httpx.TransportError) as exc:
+            raise RetryableError(f"{type(exc).__name__}: {exc}") from None
+        if resp.status_code in (401, 403):
+            var = self.cfg.api_key_env or "(no api_key_env set)"
+            raise SlmkitError(f"teacher {self.cfg.base_url} refused the API key (HTTP {resp.status_code}); "
+                              f"check the environment variable {var}")
+        if resp.status_code in RETRY_STATUS:
+            raise RetryableError(f"HTTP {resp.status_code}", _retry_after(resp.headers))
+        if resp.status_code == 404:
+            raise SlmkitError(f"teacher {self.cfg.base_url}: model '{self.cfg.model}' or route {route} not found "
+                              f"(HTTP 404): {resp.text[:200]}")
+        if resp.status_code >= 400:
+            raise SlmkitError(f"teacher {self.cfg.base_url}: HTTP {resp.status_code}: {resp.text[:300]}")
+        try:
+            data = resp.json()
+            choice = data["choices"][0]
+            text = choice["message"]["content"] if self.cfg.api == "chat" else choice["text"]
+            if not isinstance(text, str):
+                raise TypeError("content is not a string")
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise RetryableError(f"malformed response: {exc}") from None
+        usage = data.get("usage") or {}
+        return Answer(text, int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0))
+
+    def ask(self, messages: list[dict], params: dict) -> Answer:
+        attempt = 0
+        while True:
+            try:
+                ans = self._once(messages, params)
+                ans.requests = attempt + 1
+                return ans
+            except RetryableError as exc:
+                if attempt >= self.cfg.retries:
+                    raise RetryableError(f"gave up after {attempt + 1} attempts: {exc}") from None
+                # Exponential backoff with full jitter; a server's Retry-After is a floor, not a hint.
+                delay = self.cfg.backoff * (2 ** attempt) * (0.5 + random.random())
+                if exc.retry_after is not None:
+                    delay = max(delay, exc.retry_after)
+                time.sleep(delay)
+                attempt += 1
+
+    def close(self) -> None:
+        self.client.close()
+
+
+# ---------------------------------------------------------------- local models
+
+class HFTeacher:
+    def __init__(self, cfg: TeacherConfig):
+        import threading
+
+        from slmkit.pipelines.models import resolve
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.cfg = cfg
+        path = resolve(cfg.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModelForCausalLM.from_pretrained(path)
+        self.model.eval()
+        self._lock = threading.Lock()
+
+    def ask(self, messages: list[dict], params: dict) -> Answer:
+        import torch
+
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                                 return_dict=True)
+        temp = float(params.get("temperature", 0.0))
+        gen = {"max_new_tokens": int(params.get("max_tokens", 256)), "do_sample": temp > 0}
+        if temp > 0:
+            gen["temperature"] = temp
+        with self._lock, torch.no_grad():
+            if "seed" in params:
+                torch.manual_seed(int(params["seed"]))
+            out = self.model.generate(**ids, **gen, pad_token_id=self.tokenizer.pad_token_id
+                                      or self.tokenizer.eos_token_id)
+        new = out[0, ids["input_ids"].shape[1]:]
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        return Answer(text, int(ids["input_ids"].shape[1]), int(len(new)))
+
+    def close(self) -> None:
+        pass
+
+
+class GGUFTeacher:
+    def __init__(self, cfg: TeacherConfig):
+        import threading
+
+        from llama_cpp import Llama
+
+        if not Path(cfg.model).is_file():
+            raise SlmkitError(f"distill.teacher: no GGUF file at {cfg.model}")
+        self.cfg = cfg
+        self.llm = Llama(model_path=cfg.model, n_ctx=2048, n_threads=os.cpu_count() or 1, verbose=False)
+        self._lock = threading.Lock()
+
+    def ask(self, messages: list[dict], params: dict) -> Answer:
+        kw = {k: params[k] for k in ("max_tokens", "temperature", "top_p", "seed", "stop") if k in params}
+        with self._lock:
+            out = self.llm.create_chat_completion(messages=messages, **kw)
+        usage = out.get("usage") or {}
+        return Answer(out["choices"][0]["message"]["content"] or "", int(usage.get("prompt_tokens", 0)),
+                      int(usage.get("completion_tokens", 0)))
+
+    def close(self) -> None:
+        self.llm.close() if hasattr(self.llm, "close") else None
+
+
+BACKENDS = {"openai": OpenAITeacher, "hf": HFTeacher, "gguf": GGUFTeacher}
+
+
+def make_teacher(cfg: TeacherConfig):
+    return BACKENDS[cfg.kind](cfg)

