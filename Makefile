@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-slow demo reproduce bench bench-curate bench-distill bench-finetune bench-quantize lint clean
+.PHONY: setup test test-slow demo reproduce bench bench-all bench-curate bench-distill bench-finetune bench-quantize lint clean
 
 setup: $(STAMP)
 
@@ -27,11 +27,23 @@ demo: setup
 lint: setup
 	$(BIN)/ruff check cli pipelines evals slmkit tests scripts
 
+# Benchmarks write JSON under bench-results/ (speed and memory targets live here, never in timed tests).
 bench: setup
-	mkdir -p bench-results
+	$(BIN)/python scripts/bench_overhead.py
+
+bench-all: bench bench-curate bench-distill bench-finetune bench-quantize
 
 bench-curate: setup
 	$(BIN)/python scripts/bench_curate.py
+
+bench-distill: setup
+	$(BIN)/python scripts/bench_distill.py
+
+bench-finetune: setup
+	$(BIN)/python scripts/bench_finetune.py
+
+bench-quantize: setup
+	$(BIN)/python scripts/bench_quantize.py
 
 clean:
 	rm -rf runs bench-results .pytest_cache

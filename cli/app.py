@@ -77,9 +77,8 @@ def main() -> None:
         err_console.print("[red]interrupted[/]: finished stages are kept; rerun to resume")
         sys.exit(130)
     except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
+        # Typer vendors its own copy of click, so match usage errors by shape rather than by class.
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
         raise

@@ -9,6 +9,8 @@ Examples:
   slmkit run my.yaml --from finetune        # rerun finetune and everything after it
 
   slmkit run my.yaml --only curate --force curate
+
+  slmkit run demo --until distill           # stop after distill
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def command(
     overrides: list[str] = OverridesArg,
     only: list[str] = typer.Option(None, "--only", help="run only this stage (repeatable)"),
     start: str = typer.Option(None, "--from", help="rerun this stage and every stage after it"),
+    until: str = typer.Option(None, "--until", help="stop after this stage"),
     force: list[str] = typer.Option(None, "--force", help="rerun this stage even if it is done (repeatable)"),
     runs_dir: Path = RunsDirOpt,
 ) -> None:
@@ -38,5 +41,5 @@ def command(
     run = Run.open(rec, runs_dir)
     console.print(f"run directory: {run.root}")
     run.execute(only=only, start=start, force=force, recipe_file=str(find_recipe(recipe)),
-                overrides=overrides or [], console=console)
+                overrides=overrides or [], console=console, until=until)
     print_status(run)

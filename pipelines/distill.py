@@ -9,6 +9,7 @@ token are stored with the record (see pipelines/kd.py for the format) for logit 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -35,6 +36,11 @@ class DistillConfig(StrictModel):
     mode: Literal["generate", "logits"] = "generate"
     system: str | None = Field(None, description="system prompt for the teacher")
     few_shot: list[FewShot] = Field(default_factory=list)
+    few_shot_file: InputPath | None = Field(None, description="more few-shot turns: JSONL of {prompt, response}")
+    train_context: Literal["prompt", "system", "full"] = Field(
+        "system", description="what the training records keep before the answer: the prompt alone, the system "
+                              "prompt too, or also the few-shot turns (the teacher always sees all of it)")
+    stop: list[str] | None = Field(None, description="stop sequences for the teacher")
     n: int = Field(1, ge=1, le=64, description="answers per prompt")
     temperature: float = Field(0.0, ge=0)
     max_tokens: int = Field(256, gt=0)
@@ -93,11 +99,29 @@ def read_prompts(path: Path) -> list[tuple[list[dict], dict]]:
     return out
 
 
-def _full_messages(config: DistillConfig, msgs: list[dict]) -> list[dict]:
-    head = [{"role": "system", "content": config.system}] if config.system else []
-    shots = [t for s in config.few_shot for t in ({"role": "user", "content": s.user},
-                                                  {"role": "assistant", "content": s.assistant})]
-    return head + shots + msgs
+def read_shots(path: Path) -> list[FewShot]:
+    """Few-shot pairs from JSONL: {prompt, response} (or {user, assistant}) per line."""
+    shots = []
+    for no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            user, answer = rec.get("prompt", rec.get("user")), rec.get("response", rec.get("assistant"))
+        except (json.JSONDecodeError, AttributeError):
+            raise SlmkitError(f"{path}:{no}: not a JSON object") from None
+        if not isinstance(user, str) or not isinstance(answer, str):
+            raise SlmkitError(f"{path}:{no}: a few-shot line needs 'prompt' and 'response' strings")
+        shots.append(FewShot(user=user, assistant=answer))
+    return shots
+
+
+def _full_messages(config: DistillConfig, msgs: list[dict], shots: list[FewShot],
+                   context: str = "full") -> list[dict]:
+    head = [{"role": "system", "content": config.system}] if config.system and context != "prompt" else []
+    turns = [t for s in shots for t in ({"role": "user", "content": s.user},
+                                        {"role": "assistant", "content": s.assistant})]
+    return head + (turns if context == "full" else []) + msgs
 
 
 # ---------------------------------------------------------------- run
@@ -109,8 +133,6 @@ def _cost(tcfg: TeacherConfig, tin: int, tout: int) -> float | None:
 
 
 def run(config: DistillConfig, ctx: StageContext) -> Outcome:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
     tcfg = parse_spec(config.teacher)
     if config.mode == "logits" and tcfg.kind != "hf":
         raise SlmkitError("distill.mode: 'logits' needs a local hf teacher (its token probabilities); "
@@ -122,10 +144,28 @@ def run(config: DistillConfig, ctx: StageContext) -> Outcome:
     if config.limit:
         prompts = prompts[: config.limit]
 
+    shots = config.few_shot + (read_shots(config.few_shot_file) if config.few_shot_file else [])
     params: dict[str, Any] = {"temperature": config.temperature, "max_tokens": config.max_tokens}
     if config.seed is not None:
         params["seed"] = config.seed
-    where = tcfg.base_url or ""
+    if config.stop:
+        params["stop"] = config.stop
+    with contextlib.ExitStack() as stack:
+        if tcfg.serve:
+            from slmkit.pipelines.local_endpoint import local_endpoint
+
+            url, model_id = stack.enter_context(local_endpoint(tcfg.serve, tcfg.delay_ms, tcfg.serve_threads))
+            ctx.console.print(f"distill: serving {tcfg.serve} at {url} as the teacher")
+            tcfg = tcfg.model_copy(update={"base_url": url, "model": tcfg.model or model_id})
+        return _generate(config, ctx, tcfg, prompts, shots, params)
+
+
+def _generate(config: DistillConfig, ctx: StageContext, tcfg: TeacherConfig, prompts: list, shots: list[FewShot],
+              params: dict[str, Any]) -> Outcome:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    # A served teacher's port changes between runs: its cache entries are keyed by what is served instead.
+    where = f"serve:{tcfg.serve}" if tcfg.serve else tcfg.base_url or ""
     cache = ResponseCache(ctx.cache / "distill_responses.sqlite")
     teacher = make_teacher(tcfg)
     counts: Counter = Counter()
@@ -134,7 +174,7 @@ def run(config: DistillConfig, ctx: StageContext) -> Outcome:
     results: dict[tuple[int, int], str] = {}
 
     def one(i: int, s: int) -> tuple[int, int, str | None, list[str], int, int, int, str | None]:
-        msgs = _full_messages(config, prompts[i][0])
+        msgs = _full_messages(config, prompts[i][0], shots)
         reasons: list[str] = []
         tin = tout = fresh = 0
         for attempt in range(config.validate_retries + 1):
@@ -187,7 +227,7 @@ def run(config: DistillConfig, ctx: StageContext) -> Outcome:
     records = []
     for (i, _sample), text in sorted(results.items()):
         msgs, extra = prompts[i]
-        records.append({**extra, "messages": _full_messages(config, msgs) + [{"role": "assistant", "content": text}]})
+        records.append({**extra, "messages": _full_messages(config, msgs, shots, config.train_context) + [{"role": "assistant", "content": text}]})
     if config.mode == "logits":
         from slmkit.pipelines.distill_logits import add_teacher_topk
 
@@ -203,7 +243,7 @@ def run(config: DistillConfig, ctx: StageContext) -> Outcome:
     tmp.rename(ctx.out / "train.jsonl")
     cost = _cost(tcfg, usage["prompt_tokens"], usage["completion_tokens"])
     report = {
-        "teacher": {"kind": tcfg.kind, "model": tcfg.model, "base_url": tcfg.base_url},  # never the key
+        "teacher": {"kind": tcfg.kind, "model": tcfg.model, "base_url": tcfg.base_url, "served": tcfg.serve},  # never the key
         "mode": config.mode, "prompts": len(prompts), "samples": len(jobs), "answered": len(records),
         "dropped": len(failures), "rejections": dict(counts), "failures": failures[:50],
         "requests_new": fresh_total, "cache_entries": cached_total,

@@ -99,9 +99,11 @@ class Run:
 
     # ------------------------------------------------------------ execution
 
-    def select(self, only: list[str] | None, start: str | None, force: list[str] | None) -> tuple[list[str], set[str]]:
-        """(stages to consider, stages to rerun even if fresh), from --only/--from/--force."""
-        for flag, names in (("--only", only or []), ("--force", force or []), ("--from", [start] if start else [])):
+    def select(self, only: list[str] | None, start: str | None, force: list[str] | None,
+               until: str | None = None) -> tuple[list[str], set[str]]:
+        """(stages to consider, stages to rerun even if fresh), from --only/--from/--until/--force."""
+        for flag, names in (("--only", only or []), ("--force", force or []), ("--from", [start] if start else []),
+                            ("--until", [until] if until else [])):
             for n in names:
                 if n not in STAGES:
                     raise SlmkitError(f"{flag} {n}: no such stage (stages: {', '.join(ORDER)})")
@@ -112,14 +114,16 @@ class Run:
         if start:
             chosen = chosen[chosen.index(start):]
             forced |= set(chosen)
+        if until:
+            chosen = [s for s in chosen if ORDER.index(s) <= ORDER.index(until)]
         if only:
             chosen = [s for s in chosen if s in only]
         return chosen, forced
 
     def execute(self, only=None, start=None, force=None, recipe_file=None, overrides=None,
-                console: Console | None = None) -> dict[str, StageResult]:
+                console: Console | None = None, until=None) -> dict[str, StageResult]:
         console = console or Console()
-        chosen, forced = self.select(only, start, force)
+        chosen, forced = self.select(only, start, force, until)
         write_manifest(self.root, dump(self.recipe), recipe_file, overrides or [])
         results: dict[str, StageResult] = {}
         for name in self.stages:

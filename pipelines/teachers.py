@@ -14,15 +14,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from slmkit.pipelines.errors import SlmkitError
 from slmkit.pipelines.types import StrictModel
 
 
 class TeacherConfig(StrictModel):
     kind: Literal["openai", "hf", "gguf"]
-    model: str = Field(description="model name at the endpoint, or a local path for hf/gguf")
+    model: str | None = Field(None, description="model name at the endpoint, or a local path for hf/gguf "
+                                                "(with `serve`: the served file's stem)")
     base_url: str | None = None
+    serve: str | None = Field(None, description="openai only: serve this GGUF file or known model on loopback "
+                                                "for the stage instead of calling base_url")
+    delay_ms: int = Field(0, ge=0, description="with `serve`: added latency per request (a network stand-in)")
+    serve_threads: int | None = Field(None, gt=0, description="with `serve`: llama.cpp threads (default: all cores)")
     api_key_env: str | None = Field(None, description="environment variable holding the API key")
     api: Literal["chat", "completions"] = "chat"
     price_input_per_1m: float | None = Field(None, ge=0)
@@ -31,6 +36,22 @@ class TeacherConfig(StrictModel):
     timeout: float = Field(60.0, gt=0)
     retries: int = Field(5, ge=0)
     backoff: float = Field(0.5, ge=0, description="first retry delay in seconds; doubles each time, with jitter")
+
+    @model_validator(mode="after")
+    def _where(self):
+        if self.serve and self.kind != "openai":
+            raise ValueError("`serve` starts an OpenAI-compatible server, so it needs kind: openai")
+        if self.serve and self.base_url:
+            raise ValueError("set either `serve` (a local server) or `base_url`, not both")
+        if not self.model and not self.serve:
+            raise ValueError("`model` is required (unless `serve` names what to serve)")
+        return self
+
+
+def completion_prompt(messages: list[dict]) -> str:
+    """A chat as one text for a completions route (a base model without a chat template): turns separated by
+    blank lines, ending with one so that the model writes the next turn, the answer."""
+    return "\n\n".join(m["content"] for m in messages) + "\n\n"
 
 
 def parse_spec(spec: str | dict | TeacherConfig) -> TeacherConfig:
@@ -106,7 +127,7 @@ class OpenAITeacher:
         if self.cfg.api == "chat":
             route, body["messages"] = "/chat/completions", messages
         else:
-            route, body["prompt"] = "/completions", "\n\n".join(m["content"] for m in messages)
+            route, body["prompt"] = "/completions", completion_prompt(messages)
         try:
             resp = self.client.post(route, json=body)
         except (httpx.TimeoutException, httpx.TransportError) as exc:
