@@ -2,29 +2,97 @@
 
 Examples:
 
-  slmkit bench --target gguf:model-Q4_K_M.gguf --target openai:gpt-4o-mini@https://api.openai.com/v1 --out bench/
+  slmkit bench --target gguf:model-Q4_K_M.gguf --target hf:smollm2-135m-instruct \\
+      --target openai:gpt-4o-mini@https://api.openai.com/v1 --task recipes/data/tickets_eval.jsonl --out bench/
 
-  slmkit bench --recipe demo
+  slmkit bench --recipe demo                       # the recipe's bench section, in its run directory
+
+  slmkit bench --write-reported reported.json --results bench/bench.json
+  slmkit bench --check reported.json --results bench/bench.json     # exit 1 if a figure is out of tolerance
+  slmkit bench --recipe demo --check reported.json                  # run, then check the fresh results
+
+The API key of an openai target is read from the environment variable it names (OPENAI_API_KEY by default);
+it is never written to bench.json, the report or the manifest.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
-
-from slmkit.cli.common import ForceOpt, RecipeOpt, RunsDirOpt, SetOpt, run_stage_verb
+from slmkit.cli.common import ForceOpt, RecipeOpt, RunsDirOpt, SetOpt, console, run_stage_verb
 
 NAME = "bench"
 
 
+def _results_of_run(recipe: str | None, sets: list[str] | None, runs_dir: Path, out: Path | None, flags: dict) -> Path:
+    """Where the run this invocation just made wrote its bench.json."""
+    if not recipe:
+        return Path(out) / "bench.json"
+    from slmkit.pipelines.recipe import load_recipe
+    from slmkit.pipelines.runner import Run
+
+    overrides = list(sets or []) + [f"{NAME}.{k}={json.dumps(v, default=str)}" for k, v in flags.items()
+                                    if v not in (None, [])]
+    return Run.open(load_recipe(recipe, overrides), runs_dir).stage_dir(NAME) / "bench.json"
+
+
 def command(
-    target: list[str] = typer.Option(None, "--target", "-t", help="gguf:PATH, hf:PATH or openai:MODEL@BASE_URL"),
+    target: list[str] = typer.Option(None, "--target", "-t", help="gguf:PATH, hf:PATH_OR_NAME or "
+                                                                   "openai:MODEL@BASE_URL; repeatable"),
+    task: Path = typer.Option(None, "--task", help="JSONL task file (prompt + answer per line)"),
+    metric: str = typer.Option(None, "--metric", help="exact_match, token_f1 or json_fields"),
+    max_tokens: int = typer.Option(None, "--max-tokens", help="answer length limit per request"),
+    limit: int = typer.Option(None, "--limit", help="use only the first N task items"),
+    baseline: str = typer.Option(None, "--baseline", help="label of the target retention is measured against"),
+    repeats: int = typer.Option(None, "--repeats", help="timed passes over the prompts (default 1)"),
+    warmup: int = typer.Option(None, "--warmup", help="untimed warm-up requests per target (default 1)"),
+    check: Path = typer.Option(None, "--check", help="compare the results with this reported-figures JSON; "
+                                                     "exit 1 on a miss"),
+    results: Path = typer.Option(None, "--results", help="an existing bench.json to check or report from "
+                                                         "(no new run)"),
+    write_reported: Path = typer.Option(None, "--write-reported", help="write reported figures (with default "
+                                                                        "tolerances) from --results to this file"),
+    speed_reference: str = typer.Option(None, "--speed-reference", help="with --write-reported: the target "
+                                                                         "speed ratios are taken against "
+                                                                         "(default: the baseline)"),
     out: Path = typer.Option(None, "--out", "-o", help="output folder for bench.json and report.md"),
     recipe: str = RecipeOpt,
     sets: list[str] = SetOpt,
     runs_dir: Path = RunsDirOpt,
     force: bool = ForceOpt,
 ) -> None:
-    run_stage_verb(NAME, recipe=recipe, overrides=sets, runs_dir=runs_dir, out=out, force=force,
-                   flags={"targets": target})
+    from slmkit.pipelines import bench_check
+    from slmkit.pipelines.errors import SlmkitError, StageFailed
+    from slmkit.pipelines.rundir import write_json
+
+    if write_reported:
+        if not results:
+            raise SlmkitError("slmkit bench --write-reported: give --results BENCH_JSON to report from")
+        reported = bench_check.write_reported(bench_check.load(results, "--results"), speed_reference)
+        write_json(write_reported, reported)
+        console.print(f"wrote {write_reported} ({len(reported['targets'])} targets, speed ratios vs "
+                      f"'{reported['reference']}')")
+        return
+    if results and not check:
+        raise SlmkitError("slmkit bench: --results goes with --check or --write-reported")
+    if not results:
+        task_flags = {"data": task, "metric": metric, "max_tokens": max_tokens, "limit": limit}
+        top = {"targets": target, "baseline": baseline, "repeats": repeats, "warmup": warmup}
+        if recipe:  # dotted keys override single fields of the recipe's task section, not the whole section
+            flags = top | {f"task.{k}": v for k, v in task_flags.items()}
+        else:
+            flags = top | {"task": {k: v for k, v in task_flags.items() if v is not None}}
+        run_stage_verb(NAME, recipe=recipe, overrides=sets, runs_dir=runs_dir, out=out, force=force, flags=flags)
+        if not check:
+            return
+        results = _results_of_run(recipe, sets, runs_dir, out, flags)
+    reported = bench_check.load(check, "--check")
+    checks = bench_check.check(bench_check.load(results, "--results"), reported, where=str(check))
+    bench_check.print_checks(checks, console)
+    missed = [c for c in checks if not c.ok]
+    if missed:
+        raise StageFailed(f"bench --check: {len(missed)} of {len(checks)} figures outside tolerance: "
+                          + ", ".join(f"{c.target} {c.figure}" for c in missed))
+    console.print(f"[green]✓[/] all {len(checks)} reported figures reproduced within tolerance")

@@ -5,6 +5,10 @@ Examples:
   slmkit serve model.gguf --port 18080
 
   slmkit serve model.gguf --port 18080 --delay-ms 200   # add latency, like a remote teacher
+
+  slmkit serve model.gguf --threads 2
+
+Both /v1/chat/completions and /v1/completions answer `"stream": true` with server-sent events.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ NO_ARGS_HELP = True
 def command(
     model: Path = typer.Argument(..., help="GGUF file to serve"),
     port: int = typer.Option(18080, "--port", "-p", help="port on 127.0.0.1"),
-    delay_ms: int = typer.Option(0, "--delay-ms", help="extra latency per request, in milliseconds"),
-    n_ctx: int = typer.Option(2048, "--n-ctx", help="context length"),
-    threads: int = typer.Option(1, "--threads", help="CPU threads for the model"),
+    delay_ms: int = typer.Option(0, "--delay-ms", min=0,
+                                 help="extra latency before the first byte of every answer, in milliseconds"),
+    n_ctx: int = typer.Option(2048, "--n-ctx", min=1, help="context length"),
+    threads: int | None = typer.Option(None, "--threads", min=1, show_default="all cores",
+                                       help="CPU threads for the model"),
 ) -> None:
     from slmkit.pipelines.serve import serve_forever
 

@@ -98,7 +98,7 @@ class Proxy:
 
 @pytest.fixture(scope="module")
 def server():
-    with serve_gguf(GGUF) as base:
+    with serve_gguf(GGUF, n_threads=1) as base:
         yield base
 
 

@@ -1,0 +1,83 @@
+"""Domain tasks for bench: a JSONL of prompts with reference answers, and how to score them.
+
+The task's data is a file the recipe names, or, when unset, the curate stage's held-out `eval` split (the same
+prompts the student never trained on).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from slmkit.evals.metrics import METRICS
+from slmkit.pipelines.errors import SlmkitError
+from slmkit.pipelines.types import InputPath, StrictModel
+
+MetricName = Literal["exact_match", "token_f1", "json_fields"]
+assert set(MetricName.__args__) == set(METRICS)  # the config's choices and the scorer table agree
+
+
+class TaskConfig(StrictModel):
+    data: InputPath | None = Field(None, description="JSONL with a prompt and a reference answer per line "
+                                                     "(default: curate's eval output)")
+    prompt_field: str = "prompt"
+    answer_field: str = "answer"
+    id_field: str = "id"
+    metric: MetricName = "json_fields"
+    max_tokens: int = Field(128, gt=0, le=8192)
+    limit: int | None = Field(None, gt=0, description="use only the first N items")
+    stop: list[str] = Field(default_factory=list, description="stop strings (e.g. a blank line for base models)")
+
+
+@dataclass
+class Item:
+    id: str
+    prompt: str
+    answer: Any
+
+
+def load_items(path: Path, cfg: TaskConfig) -> list[Item]:
+    """Read the task's items; a bad line is an error naming the file and line, never skipped silently."""
+    items: list[Item] = []
+    with Path(path).open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SlmkitError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+            if not isinstance(rec, dict):
+                raise SlmkitError(f"{path}:{lineno}: expected a JSON object")
+            for setting, key in (("prompt_field", cfg.prompt_field), ("answer_field", cfg.answer_field)):
+                if key not in rec:
+                    raise SlmkitError(f"{path}:{lineno}: no '{key}' field (bench.task.{setting})")
+            if not isinstance(rec[cfg.prompt_field], str):
+                raise SlmkitError(f"{path}:{lineno}: '{cfg.prompt_field}' is not a string")
+            items.append(Item(str(rec.get(cfg.id_field, lineno)), rec[cfg.prompt_field], rec[cfg.answer_field]))
+            if cfg.limit and len(items) >= cfg.limit:
+                break
+    if not items:
+        raise SlmkitError(f"{path}: the task has no items")
+    return items
+
+
+def load_few_shot(path: Path) -> list[dict]:
+    """{prompt, response} pairs as alternating user/assistant turns."""
+    turns: list[dict] = []
+    with Path(path).open(encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+                user, assistant = rec["prompt"], rec["response"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise SlmkitError(f"{path}:{lineno}: a few-shot line needs a JSON object with 'prompt' and "
+                                  f"'response'") from None
+            assistant = assistant if isinstance(assistant, str) else json.dumps(assistant, ensure_ascii=False)
+            turns += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+    return turns

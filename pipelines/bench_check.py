@@ -1,0 +1,116 @@
+"""`slmkit bench --check REPORTED.json`: do a bench's results back up figures someone reported?
+
+Quality is compared in absolute terms (within `quality_abs`). Speed is compared as ratios between targets of
+the same run, relative to one reference target (decode tok/s and TTFT p50 of each target / the reference's),
+within a factor (`speed_factor`): absolute times move with the machine, ratios between targets measured side by
+side much less. The reported file (written by `--write-reported`) looks like:
+
+    {"reference": "baseline-label",
+     "tolerances": {"quality_abs": 0.05, "speed_factor": 1.5},
+     "targets": {"Q4_K_M": {"quality": 0.91, "decode_tokens_per_s_ratio": 3.2, "ttft_ms_p50_ratio": 0.08,
+                            "tolerances": {...optional, per target...}}}}
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from slmkit.pipelines.errors import SlmkitError
+
+DEFAULT_TOLERANCES = {"quality_abs": 0.05, "speed_factor": 1.5}
+# Figures compared as ratios to the reference target's same figure.
+RATIO_FIGURES = ("decode_tokens_per_s", "ttft_ms_p50")
+
+
+@dataclass
+class Check:
+    target: str
+    figure: str
+    reported: float | None
+    measured: float | None
+    tolerance: str
+    ok: bool
+
+
+def load(path: Path, what: str) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SlmkitError(f"{what}: no file at {path}") from None
+    except json.JSONDecodeError as exc:
+        raise SlmkitError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("targets"), (list, dict)):
+        raise SlmkitError(f"{path}: expected a JSON object with 'targets'")
+    return data
+
+
+def _rows(bench: dict) -> dict[str, dict]:
+    return {r["label"]: r for r in bench["targets"] if r.get("status", "ok") == "ok"}
+
+
+def ratios(bench: dict, reference: str) -> dict[str, dict[str, float | None]]:
+    """Each target's speed figures divided by the reference target's, from one bench.json."""
+    rows = _rows(bench)
+    if reference not in rows:
+        raise SlmkitError(f"speed reference '{reference}' is not a successful target of this bench "
+                          f"(targets: {', '.join(rows) or 'none'})")
+    ref = rows[reference]
+    out = {}
+    for label, row in rows.items():
+        out[label] = {f"{f}_ratio": (round(row[f] / ref[f], 4) if row.get(f) and ref.get(f) else None)
+                      for f in RATIO_FIGURES}
+    return out
+
+
+def write_reported(bench: dict, reference: str | None = None) -> dict:
+    """The reported figures of a bench.json, with the default tolerances, ready to commit."""
+    reference = reference or bench["baseline"]
+    speed = ratios(bench, reference)
+    targets = {label: {"quality": row.get("quality"), **speed[label]} for label, row in _rows(bench).items()}
+    cpus = bench.get("machine", {}).get("cpus")
+    return {"about": f"figures reported from a bench run of {bench.get('date')} on {cpus} CPUs; speed as ratios "
+                     f"to '{reference}'",
+            "metric": bench.get("metric"), "reference": reference, "tolerances": dict(DEFAULT_TOLERANCES),
+            "targets": targets}
+
+
+def check(bench: dict, reported: dict, where: str = "reported") -> list[Check]:
+    tol = {**DEFAULT_TOLERANCES, **(reported.get("tolerances") or {})}
+    reference = reported.get("reference") or bench["baseline"]
+    rows = _rows(bench)
+    speed = ratios(bench, reference) if reference in rows else {}
+    out: list[Check] = []
+    for label, figs in reported["targets"].items():
+        if not isinstance(figs, dict):
+            raise SlmkitError(f"{where}: targets.{label} must be an object of figures")
+        t = {**tol, **(figs.get("tolerances") or {})}
+        for figure, want in figs.items():
+            if figure == "tolerances" or want is None:
+                continue
+            if figure == "quality":
+                got = rows.get(label, {}).get("quality")
+                ok = got is not None and abs(got - want) <= t["quality_abs"]
+                out.append(Check(label, figure, want, got, f"± {t['quality_abs']}", ok))
+            elif figure.endswith("_ratio") and figure[: -len("_ratio")] in RATIO_FIGURES:
+                got = speed.get(label, {}).get(figure)
+                ok = got is not None and want > 0 and max(got / want, want / got) <= t["speed_factor"]
+                out.append(Check(label, f"{figure} (vs {reference})", want, got, f"× {t['speed_factor']}", ok))
+            else:
+                raise SlmkitError(f"{where}: targets.{label}.{figure}: not a figure bench checks "
+                                  f"(quality, {', '.join(f + '_ratio' for f in RATIO_FIGURES)})")
+    return out
+
+
+def print_checks(checks: list[Check], console) -> None:
+    from rich.table import Table
+
+    table = Table(title="bench --check")
+    for name in ("target", "figure", "reported", "measured", "tolerance", "ok"):
+        table.add_column(name, justify="right" if name in ("reported", "measured") else "left")
+    for c in checks:
+        table.add_row(c.target, c.figure, f"{c.reported:.4g}" if c.reported is not None else "–",
+                      f"{c.measured:.4g}" if c.measured is not None else "–", c.tolerance,
+                      "[green]ok[/]" if c.ok else "[red]MISS[/]")
+    console.print(table)
