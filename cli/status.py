@@ -36,6 +36,24 @@ def print_status(run) -> None:
         table.add_row(row["stage"], f"[{STYLE[state]}]{state}[/]", row["started"] or "", row["finished"] or "",
                       "" if row["seconds"] is None else f"{row['seconds']:.1f}", detail or "")
     console.print(table)
+    bench_done = any(r["stage"] == "bench" and r["state"] == "done" for r in run.status())
+    if bench_done:
+        _print_bench(run)
+
+
+def _print_bench(run) -> None:
+    """The run's headline: bench's table, shown again whenever the run is, so a resumed run still ends with it."""
+    import json
+
+    from slmkit.pipelines.bench_report import print_table
+    from slmkit.pipelines.rundir import result_of
+
+    res = result_of("bench", run.stage_dir("bench"))
+    if res is None or "bench" not in res.outputs:
+        return
+    bench = json.loads(res.output("bench").read_text(encoding="utf-8"))
+    console.print(f"bench: {res.output('report')}")
+    print_table(bench, console)
 
 
 def command(

@@ -14,6 +14,7 @@ import resource
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from slmkit.pipelines.bench_targets import BACKENDS, LOCAL, Target
@@ -55,11 +56,26 @@ def measure(target: Target, prompts: list[tuple[str, str]], max_tokens: int, sto
     return {"records": records, "load_s": round(load_s, 3), "warmup_errors": warmup_errors, "peak_rss_mb": None}
 
 
+def own_peak_rss_mb() -> float:
+    """This process's peak resident memory, model and runtime included.
+
+    Linux's ru_maxrss survives exec: a child spawned by a big parent (a `slmkit run` that just fine-tuned)
+    reports the parent's peak. VmHWM belongs to the process's current address space, so it starts afresh at
+    exec and is the target's own footprint; ru_maxrss is the fallback where /proc is missing.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)  # kB
+    except OSError:
+        pass
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
+
+
 def _child(target: dict, args: tuple, out: mp.Queue) -> None:
     try:
         result = measure(Target(**target), *args, progress=lambda n: out.put(("progress", n)))
-        # ru_maxrss is in KiB on Linux: this process's own high-water mark, model and runtime included.
-        result["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        result["peak_rss_mb"] = own_peak_rss_mb()
         out.put(("done", result))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent as the target's failure
         out.put(("failed", f"{type(exc).__name__}: {exc}"[:1000]))
