@@ -7,6 +7,8 @@ Examples:
 
   slmkit bench --recipe demo                       # the recipe's bench section, in its run directory
 
+  slmkit bench -t gguf:model.gguf --task tickets.jsonl --lm-eval slmkit_ticket_urgency   # + an lm-eval task
+
   slmkit bench --write-reported reported.json --results bench/bench.json
   slmkit bench --check reported.json --results bench/bench.json     # exit 1 if a figure is out of tolerance
   slmkit bench --recipe demo --check reported.json                  # run, then check the fresh results
@@ -45,6 +47,8 @@ def command(
     metric: str = typer.Option(None, "--metric", help="exact_match, token_f1 or json_fields"),
     max_tokens: int = typer.Option(None, "--max-tokens", help="answer length limit per request"),
     limit: int = typer.Option(None, "--limit", help="use only the first N task items"),
+    lm_eval: list[str] = typer.Option(None, "--lm-eval", help="an lm-eval task (evals/lm_eval/ name or YAML) "
+                                                               "to run on local targets; repeatable"),
     baseline: str = typer.Option(None, "--baseline", help="label of the target retention is measured against"),
     repeats: int = typer.Option(None, "--repeats", help="timed passes over the prompts (default 1)"),
     warmup: int = typer.Option(None, "--warmup", help="untimed warm-up requests per target (default 1)"),
@@ -80,6 +84,8 @@ def command(
     if not results:
         task_flags = {"data": task, "metric": metric, "max_tokens": max_tokens, "limit": limit}
         top = {"targets": target, "baseline": baseline, "repeats": repeats, "warmup": warmup}
+        if lm_eval:
+            top["lm_eval"] = {"tasks": lm_eval}
         if recipe:  # dotted keys override single fields of the recipe's task section, not the whole section
             flags = top | {f"task.{k}": v for k, v in task_flags.items()}
         else:

@@ -29,6 +29,13 @@ from slmkit.pipelines.stage import Outcome, StageContext
 from slmkit.pipelines.types import StrictModel
 
 
+class LmEvalConfig(StrictModel):
+    tasks: list[str] = Field(min_length=1, description="lm-eval task names in evals/lm_eval/, or task YAML paths")
+    targets: list[str] | None = Field(None, description="labels of the targets to run them on (default: every "
+                                                        "hf and gguf target; endpoints give no log-probs)")
+    limit: int | None = Field(None, gt=0, description="items per task")
+
+
 class BenchConfig(StrictModel):
     targets: list[TargetConfig] = Field(default_factory=list, description="gguf:PATH, hf:PATH, openai:MODEL@BASE_URL "
                                         "or mappings; empty: the upstream quantize GGUFs (else merge's model)")
@@ -38,6 +45,8 @@ class BenchConfig(StrictModel):
     warmup: int = Field(1, ge=0, description="requests per target before timing starts (not counted)")
     repeats: int = Field(1, ge=1, description="timed passes over the task's prompts")
     cost: CostConfig = Field(default_factory=CostConfig)
+    lm_eval: LmEvalConfig | None = Field(None, description="lm-eval tasks (log-likelihood) run through lm-eval's "
+                                                           "own API on local targets")
 
     @model_validator(mode="after")
     def _labels(self):
@@ -48,7 +57,35 @@ class BenchConfig(StrictModel):
         for ref in [self.baseline, *(t.reference for t in self.targets)]:
             if ref is not None and self.targets and ref not in labels:
                 raise ValueError(f"'{ref}' is not a target label (labels: {', '.join(labels)})")
+        kinds = {t.default_label(): t.kind for t in self.targets}
+        for name in (self.lm_eval.targets or []) if self.lm_eval else []:
+            if self.targets and name not in kinds:
+                raise ValueError(f"lm_eval.targets: '{name}' is not a target label (labels: {', '.join(labels)})")
+            if kinds.get(name) == "openai":
+                raise ValueError(f"lm_eval.targets: '{name}' is an endpoint; lm-eval's log-likelihood tasks need "
+                                 "an in-process hf or gguf model")
         return self
+
+
+def wants_lm_eval(config: BenchConfig, spec: TargetConfig) -> bool:
+    if config.lm_eval is None or spec.kind == "openai":
+        return False
+    return config.lm_eval.targets is None or spec.default_label() in config.lm_eval.targets
+
+
+def lm_eval_scores(config: BenchConfig, spec: TargetConfig, location: str) -> dict[str, Any]:
+    """lm-eval's figures for one target, or the reason there are none: a broken task is that target's problem."""
+    from slmkit.evals.lm_eval_run import release, run_lm_eval
+
+    try:
+        scores = run_lm_eval(spec.kind, Path(location), config.lm_eval.tasks, limit=config.lm_eval.limit,
+                             n_threads=spec.n_threads)
+        return {"lm_eval": {task: {m: round(v, 4) if isinstance(v, float) else v for m, v in figs.items()}
+                            for task, figs in scores.items()}}
+    except Exception as exc:  # noqa: BLE001 - recorded on the target, the other figures stand
+        return {"lm_eval_error": f"{type(exc).__name__}: {exc}"[:1000]}
+    finally:
+        release()
 
 
 def default_targets(ctx: StageContext) -> list[TargetConfig]:
@@ -214,6 +251,9 @@ def run(config: BenchConfig, ctx: StageContext) -> Outcome:
                     result = run_target(target, prompts, task.max_tokens, task.stop, config.warmup, config.repeats,
                                         progress=lambda n, t=task_id: bar.advance(t, n))
                     row["size_mb"] = size_mb(target)
+                    if wants_lm_eval(config, spec):  # after the speed run, whose child process held the model
+                        bar.update(task_id, description=f"bench {label}: lm-eval")
+                        row.update(lm_eval_scores(config, spec, target.location))
             except (TargetFailed, SlmkitError) as exc:
                 row.update(status="failed", error=str(exc)[:1000])
                 rows.append(row)

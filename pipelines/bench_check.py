@@ -22,6 +22,13 @@ from slmkit.pipelines.errors import SlmkitError
 DEFAULT_TOLERANCES = {"quality_abs": 0.05, "speed_factor": 1.5}
 # Figures compared as ratios to the reference target's same figure.
 RATIO_FIGURES = ("decode_tokens_per_s", "ttft_ms_p50")
+# lm-eval scores are reported as "lm_eval:TASK:METRIC" and checked like quality (an absolute margin).
+LM_EVAL = "lm_eval:"
+
+
+def lm_eval_figures(row: dict) -> dict[str, float]:
+    return {f"{LM_EVAL}{task}:{metric}": value for task, figs in (row.get("lm_eval") or {}).items()
+            for metric, value in figs.items() if isinstance(value, (int, float)) and not metric.endswith("_stderr")}
 
 
 @dataclass
@@ -68,7 +75,8 @@ def write_reported(bench: dict, reference: str | None = None) -> dict:
     """The reported figures of a bench.json, with the default tolerances, ready to commit."""
     reference = reference or bench["baseline"]
     speed = ratios(bench, reference)
-    targets = {label: {"quality": row.get("quality"), **speed[label]} for label, row in _rows(bench).items()}
+    targets = {label: {"quality": row.get("quality"), **lm_eval_figures(row), **speed[label]}
+               for label, row in _rows(bench).items()}
     cpus = bench.get("machine", {}).get("cpus")
     return {"about": f"figures reported from a bench run of {bench.get('date')} on {cpus} CPUs; speed as ratios "
                      f"to '{reference}'",
@@ -93,13 +101,17 @@ def check(bench: dict, reported: dict, where: str = "reported") -> list[Check]:
                 got = rows.get(label, {}).get("quality")
                 ok = got is not None and abs(got - want) <= t["quality_abs"]
                 out.append(Check(label, figure, want, got, f"± {t['quality_abs']}", ok))
+            elif figure.startswith(LM_EVAL):
+                got = lm_eval_figures(rows.get(label, {})).get(figure)
+                ok = got is not None and abs(got - want) <= t["quality_abs"]
+                out.append(Check(label, figure, want, got, f"± {t['quality_abs']}", ok))
             elif figure.endswith("_ratio") and figure[: -len("_ratio")] in RATIO_FIGURES:
                 got = speed.get(label, {}).get(figure)
                 ok = got is not None and want > 0 and max(got / want, want / got) <= t["speed_factor"]
                 out.append(Check(label, f"{figure} (vs {reference})", want, got, f"× {t['speed_factor']}", ok))
             else:
                 raise SlmkitError(f"{where}: targets.{label}.{figure}: not a figure bench checks "
-                                  f"(quality, {', '.join(f + '_ratio' for f in RATIO_FIGURES)})")
+                                  f"(quality, {LM_EVAL}TASK:METRIC, {', '.join(f + '_ratio' for f in RATIO_FIGURES)})")
     return out
 
 

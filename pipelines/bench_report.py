@@ -134,6 +134,12 @@ def markdown(bench: dict, plots: list[str]) -> str:
             if row.get("field_accuracy"):
                 acc = ", ".join(f"{k} {v:.2f}" for k, v in row["field_accuracy"].items())
                 facts.append(f"per-field accuracy: {acc}; invalid JSON: {row.get('invalid_json', 0)}")
+            scores = [f"{task} {m} {v:.3f}" for task, figs in (row.get("lm_eval") or {}).items()
+                      for m, v in figs.items() if isinstance(v, (int, float)) and not m.endswith("_stderr")]
+            if scores:
+                facts.append("lm-eval: " + ", ".join(scores))
+            if row.get("lm_eval_error"):
+                facts.append(f"lm-eval failed: {row['lm_eval_error']}")
             errs = row.get("errors") or {}
             if errs.get("count"):
                 facts.append(f"{errs['count']} failed request(s), e.g. {errs['first'][0]}")
