@@ -42,6 +42,22 @@ def cell(row: dict[str, Any], key: str, fmt: str) -> str:
     return fmt.format(value)
 
 
+def lm_eval_columns(bench: dict) -> list[tuple[str, str, str]]:
+    """One column per lm-eval (task, metric) any target has: (header, task, metric); stderrs stay in the JSON."""
+    seen: dict[tuple[str, str], None] = {}
+    for row in bench["targets"]:
+        for task, figs in (row.get("lm_eval") or {}).items():
+            for metric, value in figs.items():
+                if isinstance(value, (int, float)) and not metric.endswith("_stderr"):
+                    seen[(task, metric)] = None
+    return [(f"{task.removeprefix('slmkit_ticket_')} {metric}", task, metric) for task, metric in seen]
+
+
+def lm_eval_cell(row: dict, task: str, metric: str) -> str:
+    value = (row.get("lm_eval") or {}).get(task, {}).get(metric)
+    return "–" if not isinstance(value, (int, float)) else f"{value:.3f}"
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> None:
     with path.open("w", encoding="utf-8") as fh:
         for row in rows:
@@ -54,10 +70,12 @@ def print_table(bench: dict, console) -> None:
     table = Table(title=f"bench · {bench['task']['items']} items · metric {bench['metric']} · "
                         f"baseline {bench['baseline']}")
     columns = [c for c in COLUMNS if c[0] in CONSOLE]
-    for name, _, _ in columns:
+    extra = lm_eval_columns(bench)
+    for name in [c[0] for c in columns] + [c[0] for c in extra]:
         table.add_column(name, justify="left" if name in ("target", "kind") else "right", overflow="fold")
     for row in bench["targets"]:
-        table.add_row(*(cell(row, key, fmt) for _, key, fmt in columns))
+        table.add_row(*(cell(row, key, fmt) for _, key, fmt in columns),
+                      *(lm_eval_cell(row, task, metric) for _, task, metric in extra))
     console.print(table)
     for row in bench["targets"]:
         if row.get("note"):
@@ -102,6 +120,7 @@ def _plots(bench: dict, out: Path) -> list[str]:
 
 def markdown(bench: dict, plots: list[str]) -> str:
     task = bench["task"]
+    extra = lm_eval_columns(bench)
     lines = [
         "# slmkit bench",
         "",
@@ -111,11 +130,12 @@ def markdown(bench: dict, plots: list[str]) -> str:
         f"{task['max_tokens']}; {bench['warmup']} warm-up request(s), {bench['repeats']} timed pass(es); "
         f"quality retention against **{bench['baseline']}** unless a target names another reference.",
         "",
-        "| " + " | ".join(name for name, _, _ in COLUMNS) + " |",
-        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(COLUMNS))) + "|",
+        "| " + " | ".join([name for name, _, _ in COLUMNS] + [h for h, _, _ in extra]) + " |",
+        "|" + "|".join("---" if i < 2 else "---:" for i in range(len(COLUMNS) + len(extra))) + "|",
     ]
     for row in bench["targets"]:
-        lines.append("| " + " | ".join(cell(row, key, fmt) for _, key, fmt in COLUMNS) + " |")
+        cells = [cell(row, key, fmt) for _, key, fmt in COLUMNS] + [lm_eval_cell(row, t, m) for _, t, m in extra]
+        lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "## Notes", ""]
     for row in bench["targets"]:
         facts = []
