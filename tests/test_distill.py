@@ -130,7 +130,8 @@ def _config(url: str, prompts: Path, **teacher) -> distill.DistillConfig:
 
 
 def test_generate_dataset_and_rerun_asks_nothing(tmp_path, proxy):
-    cfg = _config(proxy.url, _prompts(tmp_path, 4))
+    # A generous timeout: a slow answer on a loaded machine would be retried and counted as a second request.
+    cfg = _config(proxy.url, _prompts(tmp_path, 4), timeout=60)
     res = distill.run(cfg, _ctx(tmp_path))
     rows = [json.loads(x) for x in (tmp_path / "out/train.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and [r["id"] for r in rows] == [0, 1, 2, 3]
