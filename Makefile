@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-slow demo reproduce bench bench-all bench-curate bench-distill bench-finetune bench-quantize lint clean
+.PHONY: setup test test-slow demo reproduce bench bench-all bench-curate bench-distill bench-finetune bench-quantize bench-quantize-reference lint clean
 
 setup: $(STAMP)
 
@@ -54,6 +54,11 @@ bench-finetune: setup
 
 bench-quantize: setup
 	$(BIN)/python scripts/bench_quantize.py
+
+# slmkit's export, importance matrix and Q4_K_M against llama.cpp's own tools, built from the source of the
+# llama-cpp-python release installed (fetched with pip; about 5 minutes to build the first time).
+bench-quantize-reference: setup
+	$(BIN)/python scripts/bench_quantize_reference.py
 
 clean:
 	rm -rf runs bench-results .pytest_cache

@@ -1,7 +1,8 @@
 """Export an HF model to GGUF and quantise it (Q4_K_M by default), measuring the quality kept.
 
-Writes model-f16.gguf (or f32/bf16), one model-<QTYPE>.gguf per --qtype, imatrix.npz and quantize.json (KL
-divergence, top-1 agreement and perplexity of each file against its reference on held-out text).
+Writes model-f16.gguf (or f32/bf16), one model-<QTYPE>.gguf per --qtype, imatrix.npz, an Ollama Modelfile for
+the first qtype, and quantize.json (KL divergence, top-1 agreement and perplexity of each file against its
+reference on held-out text).
 
 Examples:
 
@@ -35,6 +36,7 @@ def command(
     heldout: Path = typer.Option(None, "--heldout", help="held-out text for the retention report (.txt/.jsonl)"),
     no_imatrix: bool = typer.Option(False, "--no-imatrix", help="quantise without an importance matrix"),
     no_retention: bool = typer.Option(False, "--no-retention", help="skip the KL divergence / top-1 report"),
+    no_modelfile: bool = typer.Option(False, "--no-modelfile", help="do not write an Ollama Modelfile"),
     eval_tokens: int = typer.Option(None, "--eval-tokens", help="held-out tokens to score (default 2048)"),
     min_top1: float = typer.Option(None, "--min-top1", help="fail if a quantised file's top-1 agreement is lower"),
     max_kld: float = typer.Option(None, "--max-kld", help="fail if a quantised file's mean KLD is higher"),
@@ -46,5 +48,6 @@ def command(
 ) -> None:
     flags = {"model": model, "base": base, "qtypes": qtype, "outtype": outtype, "calib": calib, "heldout": heldout,
              "eval_tokens": eval_tokens, "min_top1_agreement": min_top1, "max_kld": max_kld, "threads": threads,
-             "imatrix": False if no_imatrix else None, "retention": False if no_retention else None}
+             "imatrix": False if no_imatrix else None, "retention": False if no_retention else None,
+             "modelfile": False if no_modelfile else None}
     run_stage_verb(NAME, recipe=recipe, overrides=sets, runs_dir=runs_dir, out=out, force=force, flags=flags)

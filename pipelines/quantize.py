@@ -2,7 +2,8 @@
 (guided by an importance matrix from the domain's calibration text), and measure what each file keeps.
 
     HF folder → model-f16.gguf (gguf_export) → imatrix.npz (gguf_quant, torch hooks on calibration text)
-              → model-<QTYPE>.gguf per qtype (gguf_quant) → quantize.json (retention on held-out text)
+              → model-<QTYPE>.gguf per qtype (gguf_quant) + Modelfile for Ollama (ollama_modelfile)
+              → quantize.json (retention on held-out text)
 
 Inputs default to the pipeline's own data: the model from merge, calibration text from curate's `train`,
 held-out text from curate's `eval`; with none, two small shipped English samples (evals/*.txt).
@@ -40,6 +41,7 @@ class QuantizeConfig(StrictModel):
     eval_tokens: int = Field(2048, gt=1, description="held-out tokens scored for the retention report")
     chunk: int = Field(512, ge=16, le=4096, description="tokens per scored window")
     retention: bool = Field(True, description="measure KL divergence / top-1 / perplexity")
+    modelfile: bool = Field(True, description="write an Ollama Modelfile for the first qtype's GGUF")
     min_top1_agreement: float | None = Field(None, ge=0, le=1, description="fail if a quantised file agrees less")
     max_kld: float | None = Field(None, gt=0, description="fail if a quantised file's mean KLD is higher")
     threads: int | None = Field(None, gt=0)
@@ -153,6 +155,11 @@ def run(config: QuantizeConfig, ctx: StageContext) -> Outcome:
             name = f"model-{q}.gguf"
             report["quantized"][q] = gguf_quant.quantize(out / base_name, out / name, q, imatrix, config.threads)
             outputs[q] = name
+        if config.modelfile:
+            from slmkit.pipelines import ollama_modelfile
+
+            ollama_modelfile.write(out / f"model-{config.qtypes[0]}.gguf", model_dir)
+            outputs["modelfile"] = "Modelfile"
 
         if config.retention:
             heldout = _text_source(config.heldout, ctx, "eval", HELDOUT_SAMPLE)

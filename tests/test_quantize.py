@@ -31,9 +31,10 @@ def _config(model: Path, **kw) -> quantize.QuantizeConfig:
 
 def test_stage_writes_every_output_and_a_report(model256, tmp_path):
     res = run_standalone("quantize", _config(model256, qtypes=["Q4_K_M", "Q8_0"]), tmp_path / "out")
-    assert set(res.outputs) == {"f16", "Q4_K_M", "Q8_0", "imatrix", "report"}
+    assert set(res.outputs) == {"f16", "Q4_K_M", "Q8_0", "imatrix", "modelfile", "report"}
     for key in res.outputs:
         assert res.output(key).is_file()
+    assert "FROM ./model-Q4_K_M.gguf\n" in res.output("modelfile").read_text()  # the first qtype is the one served
     report = json.loads(res.output("report").read_text())
     ret = report["retention"]
     assert ret["f16_vs_hf"]["kld_mean"] < 1e-3 and ret["f16_vs_hf"]["top1_agreement"] > 0.98
