@@ -6,13 +6,13 @@ prompts the student never trained on).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 from slmkit.evals.metrics import METRICS
+from slmkit.pipelines import jsonl
 from slmkit.pipelines.errors import SlmkitError
 from slmkit.pipelines.types import InputPath, StrictModel
 
@@ -42,42 +42,22 @@ class Item:
 def load_items(path: Path, cfg: TaskConfig) -> list[Item]:
     """Read the task's items; a bad line is an error naming the file and line, never skipped silently."""
     items: list[Item] = []
-    with Path(path).open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SlmkitError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(rec, dict):
-                raise SlmkitError(f"{path}:{lineno}: expected a JSON object")
-            for setting, key in (("prompt_field", cfg.prompt_field), ("answer_field", cfg.answer_field)):
-                if key not in rec:
-                    raise SlmkitError(f"{path}:{lineno}: no '{key}' field (bench.task.{setting})")
-            if not isinstance(rec[cfg.prompt_field], str):
-                raise SlmkitError(f"{path}:{lineno}: '{cfg.prompt_field}' is not a string")
-            items.append(Item(str(rec.get(cfg.id_field, lineno)), rec[cfg.prompt_field], rec[cfg.answer_field]))
-            if cfg.limit and len(items) >= cfg.limit:
-                break
+    for where, lineno, rec in jsonl.records(path):
+        for setting, key in (("prompt_field", cfg.prompt_field), ("answer_field", cfg.answer_field)):
+            if key not in rec:
+                raise SlmkitError(f"{where}: no '{key}' field (bench.task.{setting})")
+        if not isinstance(rec[cfg.prompt_field], str):
+            raise SlmkitError(f"{where}: '{cfg.prompt_field}' is not a string")
+        items.append(Item(str(rec.get(cfg.id_field, lineno)), rec[cfg.prompt_field], rec[cfg.answer_field]))
+        if cfg.limit and len(items) >= cfg.limit:
+            break
     if not items:
         raise SlmkitError(f"{path}: the task has no items")
     return items
 
 
 def load_few_shot(path: Path) -> list[dict]:
-    """{prompt, response} pairs as alternating user/assistant turns."""
-    turns: list[dict] = []
-    with Path(path).open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-                user, assistant = rec["prompt"], rec["response"]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                raise SlmkitError(f"{path}:{lineno}: a few-shot line needs a JSON object with 'prompt' and "
-                                  f"'response'") from None
-            assistant = assistant if isinstance(assistant, str) else json.dumps(assistant, ensure_ascii=False)
-            turns += [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
-    return turns
+    """Few-shot pairs as alternating user/assistant turns (the rules are jsonl.few_shot_pairs', shared with
+    distill)."""
+    return [{"role": role, "content": text} for pair in jsonl.few_shot_pairs(path)
+            for role, text in zip(("user", "assistant"), pair, strict=True)]

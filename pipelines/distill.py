@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
+from slmkit.pipelines import jsonl
 from slmkit.pipelines.errors import SlmkitError
 from slmkit.pipelines.response_cache import ResponseCache, cache_key
 from slmkit.pipelines.stage import Outcome, StageContext
@@ -64,56 +65,36 @@ def _user_turns(messages: list[dict]) -> list[dict]:
 
 def read_prompts(path: Path) -> list[tuple[list[dict], dict]]:
     """(messages, carried fields) per prompt, from JSONL (prompt or messages) or plain text lines."""
-    text = path.read_text(encoding="utf-8")
-    lines = text.splitlines()
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
     first = next((ln for ln in lines if ln.strip()), "")
-    is_jsonl = first.lstrip().startswith("{")
-    out: list[tuple[list[dict], dict]] = []
-    for no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if not is_jsonl:
-            out.append(([{"role": "user", "content": line.strip()}], {}))
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SlmkitError(f"{path}:{no}: not valid JSON ({exc.msg})") from None
-        if not isinstance(rec, dict):
-            raise SlmkitError(f"{path}:{no}: expected a JSON object")
-        if isinstance(rec.get("messages"), list):
-            msgs = rec.pop("messages")
-            if not all(isinstance(m, dict) and "role" in m and isinstance(m.get("content"), str) for m in msgs):
-                raise SlmkitError(f"{path}:{no}: 'messages' must be a list of {{role, content}} objects")
-            msgs = _user_turns(msgs)
-        elif isinstance(rec.get("prompt"), str) and rec["prompt"].strip():
-            msgs = [{"role": "user", "content": rec.pop("prompt")}]
-        else:
-            raise SlmkitError(f"{path}:{no}: needs a 'prompt' string or a 'messages' list")
-        rec.pop("response", None)  # curate's answer is replaced by the teacher's
-        if not msgs:
-            raise SlmkitError(f"{path}:{no}: the conversation has no turn before its answer")
-        out.append((msgs, rec))
+    if not first.lstrip().startswith("{"):
+        out = [([{"role": "user", "content": ln.strip()}], {}) for ln in lines if ln.strip()]
+    else:
+        out = [_prompt_record(where, rec) for where, _, rec in jsonl.records(path)]
     if not out:
         raise SlmkitError(f"{path}: no prompts")
     return out
 
 
+def _prompt_record(where: str, rec: dict) -> tuple[list[dict], dict]:
+    if isinstance(rec.get("messages"), list):
+        msgs = rec.pop("messages")
+        if not all(isinstance(m, dict) and "role" in m and isinstance(m.get("content"), str) for m in msgs):
+            raise SlmkitError(f"{where}: 'messages' must be a list of {{role, content}} objects")
+        msgs = _user_turns(msgs)
+    elif isinstance(rec.get("prompt"), str) and rec["prompt"].strip():
+        msgs = [{"role": "user", "content": rec.pop("prompt")}]
+    else:
+        raise SlmkitError(f"{where}: needs a 'prompt' string or a 'messages' list")
+    rec.pop("response", None)  # curate's answer is replaced by the teacher's
+    if not msgs:
+        raise SlmkitError(f"{where}: the conversation has no turn before its answer")
+    return msgs, rec
+
+
 def read_shots(path: Path) -> list[FewShot]:
-    """Few-shot pairs from JSONL: {prompt, response} (or {user, assistant}) per line."""
-    shots = []
-    for no, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-            user, answer = rec.get("prompt", rec.get("user")), rec.get("response", rec.get("assistant"))
-        except (json.JSONDecodeError, AttributeError):
-            raise SlmkitError(f"{path}:{no}: not a JSON object") from None
-        if not isinstance(user, str) or not isinstance(answer, str):
-            raise SlmkitError(f"{path}:{no}: a few-shot line needs 'prompt' and 'response' strings")
-        shots.append(FewShot(user=user, assistant=answer))
-    return shots
+    """Few-shot pairs from JSONL, read by the same rules as bench's few-shot prompts (jsonl.few_shot_pairs)."""
+    return [FewShot(user=u, assistant=a) for u, a in jsonl.few_shot_pairs(path)]
 
 
 def _full_messages(config: DistillConfig, msgs: list[dict], shots: list[FewShot],

@@ -21,6 +21,7 @@ from functools import lru_cache, partial
 from typing import Annotated, Any, Literal
 
 from pydantic import Field
+from slmkit.pipelines import jsonl
 from slmkit.pipelines.curate_io import map_texts, record_text
 from slmkit.pipelines.errors import SlmkitError
 from slmkit.pipelines.types import InputPath, StrictModel
@@ -447,26 +448,18 @@ MINILM_NAMES = {"all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"}
 
 
 def load_seeds(cfg: RelevanceFilter) -> list[str]:
-    import json
-
     seeds = [s for s in cfg.seeds if s.strip()]
     if cfg.seed_file is not None:
         path = cfg.seed_file
-        for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            if path.suffix.lower() in (".jsonl", ".ndjson"):
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise SlmkitError(f"{path}:{i}: not valid JSON ({err.msg})") from None
-                keys = (cfg.seed_field,) if cfg.seed_field else ("text", "prompt", "content")
+        if path.suffix.lower() in (".jsonl", ".ndjson"):
+            keys = (cfg.seed_field,) if cfg.seed_field else ("text", "prompt", "content")
+            for where, _, row in jsonl.records(path, objects=False):
                 text = next((row[k] for k in keys if isinstance(row, dict) and isinstance(row.get(k), str)), None)
                 if text is None:
-                    raise SlmkitError(f"{path}:{i}: a seed record needs a string field {' or '.join(keys)}")
+                    raise SlmkitError(f"{where}: a seed record needs a string field {' or '.join(keys)}")
                 seeds.append(text)
-            else:
-                seeds.append(line)
+        else:
+            seeds += [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     if not seeds:
         raise SlmkitError("curate.filters (relevance): give in-domain examples in `seeds` or `seed_file`")
     return seeds

@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from slmkit.pipelines import jsonl
 from slmkit.pipelines.errors import SlmkitError, StageFailed
 from slmkit.pipelines.stage import Outcome, StageContext
 from slmkit.pipelines.types import InputPath, ModelSpec, StrictModel
@@ -77,12 +78,8 @@ def read_text(path: Path) -> str:
             for x in v:
                 walk(x)
 
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                walk(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise SlmkitError(f"{path}:{n}: not valid JSON ({err.msg})") from None
+    for _, _, value in jsonl.records(path, objects=False):
+        walk(value)
     return "\n\n".join(parts)
 
 

@@ -12,12 +12,12 @@ Three steps, each a plain function so tests can check them one by one:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slmkit.pipelines import jsonl
 from slmkit.pipelines.errors import SlmkitError
 
 IGNORE = -100  # label value that the loss skips
@@ -109,18 +109,7 @@ def read_conversations(path: Path, with_records: bool = False, skip_unanswered: 
     """
     path = Path(path)
     out = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise SlmkitError(f"{path}: cannot read training data ({err})") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            record = json.loads(line)
-        except ValueError as err:
-            raise SlmkitError(f"{where}: not valid JSON ({err})") from None
+    for where, _, record in jsonl.records(path, objects=False):
         try:
             msgs = _messages_of(record, where)
         except Unanswered:
