@@ -21,6 +21,7 @@ class ChatFormat:
     marker: str  # a string only this format's Jinja template contains
     template: str  # Ollama Go template over .Messages (each with .Role and .Content)
     stops: tuple[str, ...]
+    system_block: str | None = None  # regex of a system turn, its text in group 1; None: the format has none
 
 
 # Qwen2/2.5/3 and SmolLM2 share ChatML; Gemma has no system role, so a system message becomes a user turn.
@@ -28,7 +29,7 @@ CHAT_FORMATS: dict[str, ChatFormat] = {
     "chatml": ChatFormat(
         "<|im_start|>",
         "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n",
-        ("<|im_start|>", "<|im_end|>")),
+        ("<|im_start|>", "<|im_end|>"), r"<\|im_start\|>system\n(.*?)<\|im_end\|>"),
     "gemma": ChatFormat(
         "<start_of_turn>",
         '{{- range .Messages }}<start_of_turn>{{ if eq .Role "assistant" }}model{{ else }}user{{ end }}\n'
@@ -38,11 +39,12 @@ CHAT_FORMATS: dict[str, ChatFormat] = {
         "<|start_header_id|>",
         "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>"
         "{{ end }}<|start_header_id|>assistant<|end_header_id|>\n\n",
-        ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")),
+        ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
+        r"<\|start_header_id\|>system<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>"),
     "phi3": ChatFormat(
         "<|assistant|>",
         "{{- range .Messages }}<|{{ .Role }}|>\n{{ .Content }}<|end|>\n{{ end }}<|assistant|>\n",
-        ("<|end|>", "<|user|>", "<|assistant|>")),
+        ("<|end|>", "<|user|>", "<|assistant|>"), r"<\|system\|>\n(.*?)<\|end\|>"),
     "mistral": ChatFormat(
         "[INST]",
         '{{- range .Messages }}{{ if eq .Role "assistant" }}{{ .Content }}</s>'
@@ -59,6 +61,28 @@ def chat_format(chat_template: str | None) -> str | None:
     if not chat_template:
         return None
     return next((name for name, f in CHAT_FORMATS.items() if f.marker in chat_template), None)
+
+
+def default_system(chat_template: str, fmt: ChatFormat) -> str | None:
+    """The system message a Jinja chat template inserts when the conversation has none (SmolLM2's does). The
+    model was fine-tuned with it in every prompt, so Ollama must send it too: it becomes the SYSTEM line."""
+    import re
+
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    if fmt.system_block is None:
+        return None
+    user = "\x00slmkit-user\x00"
+    try:
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = lambda msg: (_ for _ in ()).throw(ValueError(msg))
+        text = env.from_string(chat_template).render(messages=[{"role": "user", "content": user}],
+                                                     add_generation_prompt=False, bos_token="", eos_token="")
+    except Exception:  # a template that needs more than transformers' usual context: no default to copy
+        return None
+    head = text.split(user, 1)[0]
+    found = re.search(fmt.system_block, head, re.DOTALL)
+    return found.group(1) if found else None
 
 
 def _gguf_chat_info(gguf_path: Path) -> tuple[str | None, str | None]:
@@ -89,6 +113,9 @@ def render(gguf_path: Path, model_dir: Path | None = None) -> str:
         fmt = CHAT_FORMATS[fmt_name]
         lines += [f"# chat format: {fmt_name} (recognised from the GGUF's chat template)",
                   f'TEMPLATE """{fmt.template}"""', ""]
+        system = default_system(template, fmt)
+        if system and '"""' not in system:  # a triple quote would end Ollama's string early
+            lines += ["# the template's own default system message", f'SYSTEM """{system}"""', ""]
         stops += fmt.stops
     else:
         why = "the GGUF has no chat template" if not template else "its chat template is not one slmkit knows"

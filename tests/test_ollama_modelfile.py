@@ -73,3 +73,23 @@ def test_modelfile_without_a_known_template_keeps_the_eos_stop(tmp_path):
     assert "TEMPLATE" not in text.replace("# no TEMPLATE", "")
     assert "# no TEMPLATE: the GGUF has no chat template" in text
     assert 'PARAMETER stop "<|im_end|>"' in text  # the tokenizer's EOS
+
+
+SMOL_LIKE = ("{% for m in messages %}{% if loop.first and messages[0]['role'] != 'system' %}<|im_start|>system\n"
+             "You are a helpful assistant{% endif %}{% if loop.first and messages[0]['role'] != 'system' %}"
+             "<|im_end|>\n{% endif %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+             "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+def test_a_default_system_message_becomes_the_system_line(tmp_path):
+    chatml = ollama_modelfile.CHAT_FORMATS["chatml"]
+    assert ollama_modelfile.default_system(SMOL_LIKE, chatml) == "You are a helpful assistant"
+    assert ollama_modelfile.default_system(JINJA["chatml"], chatml) is None  # no system turn unless asked
+    assert ollama_modelfile.default_system("{{ raise_exception('no') }}", chatml) is None
+    model = tiny_llama(tmp_path / "llama")
+    cfg = json.loads((model / "tokenizer_config.json").read_text())
+    cfg["chat_template"] = SMOL_LIKE
+    (model / "tokenizer_config.json").write_text(json.dumps(cfg))
+    (model / "chat_template.jinja").unlink(missing_ok=True)
+    gguf = gguf_export.export(model, tmp_path / "g" / "model-Q8_0.gguf").path
+    assert 'SYSTEM """You are a helpful assistant"""' in ollama_modelfile.render(gguf, model)
