@@ -65,12 +65,13 @@ def _user_turns(messages: list[dict]) -> list[dict]:
 
 def read_prompts(path: Path) -> list[tuple[list[dict], dict]]:
     """(messages, carried fields) per prompt, from JSONL (prompt or messages) or plain text lines."""
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    first = next((ln for ln in lines if ln.strip()), "")
-    if not first.lstrip().startswith("{"):
-        out = [([{"role": "user", "content": ln.strip()}], {}) for ln in lines if ln.strip()]
-    else:
+    with Path(path).open(encoding="utf-8") as fh:  # the first line decides the format; read no further here
+        first = next((ln for ln in fh if ln.strip()), "")
+    if first.lstrip().startswith("{"):
         out = [_prompt_record(where, rec) for where, _, rec in jsonl.records(path)]
+    else:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        out = [([{"role": "user", "content": ln.strip()}], {}) for ln in lines if ln.strip()]
     if not out:
         raise SlmkitError(f"{path}: no prompts")
     return out
