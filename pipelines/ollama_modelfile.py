@@ -11,7 +11,6 @@ from the GGUF itself (template, end-of-sequence token) and, where present, the m
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,19 +64,18 @@ def chat_format(chat_template: str | None) -> str | None:
 
 def default_system(chat_template: str, fmt: ChatFormat) -> str | None:
     """The system message a Jinja chat template inserts when the conversation has none (SmolLM2's does). The
-    model was fine-tuned with it in every prompt, so Ollama must send it too: it becomes the SYSTEM line."""
+    model was fine-tuned with it in every prompt, so Ollama must send it too: it becomes the SYSTEM line.
+    Rendered by transformers' own chat-template renderer, the one apply_chat_template uses in training."""
     import re
 
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    from transformers.utils.chat_template_utils import render_jinja_template
 
     if fmt.system_block is None:
         return None
     user = "\x00slmkit-user\x00"
     try:
-        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        env.globals["raise_exception"] = lambda msg: (_ for _ in ()).throw(ValueError(msg))
-        text = env.from_string(chat_template).render(messages=[{"role": "user", "content": user}],
-                                                     add_generation_prompt=False, bos_token="", eos_token="")
+        (text,), _ = render_jinja_template([[{"role": "user", "content": user}]], chat_template=chat_template,
+                                           bos_token="", eos_token="")
     except Exception:  # a template that needs more than transformers' usual context: no default to copy
         return None
     head = text.split(user, 1)[0]
@@ -93,7 +91,7 @@ def _gguf_chat_info(gguf_path: Path) -> tuple[str | None, str | None]:
     llm = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
     try:
         eos = llm.token_eos()
-        eos_text = llm._model.token_get_text(eos) if eos >= 0 else None
+        eos_text = llm.detokenize([eos], special=True).decode("utf-8", errors="replace") if eos >= 0 else None
         return llm.metadata.get("tokenizer.chat_template"), eos_text
     finally:
         llm.close()
@@ -133,9 +131,9 @@ def render(gguf_path: Path, model_dir: Path | None = None) -> str:
 
 def write(gguf_path: Path, model_dir: Path | None = None) -> Path:
     """`Modelfile` in the GGUF's folder (written whole, then renamed into place)."""
+    from slmkit.pipelines.rundir import write_text
+
     gguf_path = Path(gguf_path)
     dst = gguf_path.parent / "Modelfile"
-    partial = dst.with_name("Modelfile.partial")
-    partial.write_text(render(gguf_path, model_dir), encoding="utf-8")
-    os.replace(partial, dst)
+    write_text(dst, render(gguf_path, model_dir))
     return dst

@@ -12,8 +12,6 @@ held-out text from curate's `eval`; with none, two small shipped English samples
 from __future__ import annotations
 
 import importlib.resources
-import json
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -21,6 +19,7 @@ from pydantic import Field, field_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from slmkit.pipelines import jsonl
 from slmkit.pipelines.errors import SlmkitError, StageFailed
+from slmkit.pipelines.rundir import write_json
 from slmkit.pipelines.stage import Outcome, StageContext
 from slmkit.pipelines.types import InputPath, ModelSpec, StrictModel
 
@@ -162,8 +161,7 @@ def run(config: QuantizeConfig, ctx: StageContext) -> Outcome:
             heldout = _text_source(config.heldout, ctx, "eval", HELDOUT_SAMPLE)
             report["retention"] = _retention(model_dir, out, base_name, config, heldout, progress)
 
-    (out / "quantize.json.partial").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    os.replace(out / "quantize.json.partial", out / "quantize.json")
+    write_json(out / "quantize.json", report)
     outputs["report"] = "quantize.json"
     _show(ctx, report)
     _gate(config, report)

@@ -52,7 +52,7 @@ def test_modelfile_for_a_chatml_model(chatml_gguf, tmp_path):
     (model / "generation_config.json").write_text(json.dumps({"temperature": 0.2, "top_p": 0.9,
                                                               "repetition_penalty": 1.1, "do_sample": True}))
     text = ollama_modelfile.write(gguf, model).read_text()
-    assert not (gguf.parent / "Modelfile.partial").exists()
+    assert sorted(p.name for p in gguf.parent.iterdir()) == ["Modelfile", "model-Q4_K_M.gguf"]  # no temp file left
     assert "FROM ./model-Q4_K_M.gguf\n" in text and "# chat format: chatml" in text
     assert 'TEMPLATE """{{- range .Messages }}<|im_start|>{{ .Role }}\n' in text
     # ChatML's markers, and the tokenizer's EOS once even though it is also one of them
