@@ -50,6 +50,7 @@ def launch(config_dump: dict, out: Path, state: Path, processes: int, seed: int,
 def main(argv: list[str] | None = None) -> None:
     from rich.console import Console
     from slmkit.pipelines.finetune import FinetuneConfig, train
+    from slmkit.pipelines.rundir import write_json
     from slmkit.pipelines.stage import StageContext
 
     ap = argparse.ArgumentParser(description="one finetune worker (run under accelerate launch or torchrun)")
@@ -68,9 +69,7 @@ def main(argv: list[str] | None = None) -> None:
                        fingerprint="launch", seed=args.seed, console=Console(quiet=rank != 0))
     outcome = train(config, ctx)
     if rank == 0:
-        tmp = out / f".{OUTCOME}.tmp"
-        tmp.write_text(json.dumps({"outputs": outcome.outputs, "metrics": outcome.metrics}, indent=2, default=str))
-        os.replace(tmp, out / OUTCOME)
+        write_json(out / OUTCOME, {"outputs": outcome.outputs, "metrics": outcome.metrics})
 
 
 if __name__ == "__main__":
