@@ -66,11 +66,12 @@ class Proxy:
                     time.sleep(2.5)
                 if fault == "401":
                     return self._send(401, b'{"error": "bad key"}')
-                if proxy.block.is_set():
+                with proxy.lock:  # checked and counted in one step: `active` then covers every request let through
+                    blocked = proxy.block.is_set()
+                    proxy.active += not blocked
+                if blocked:
                     time.sleep(30)  # held until the client is killed
                     return
-                with proxy.lock:
-                    proxy.active += 1
                 try:
                     r = httpx.post(proxy.upstream + self.path.removeprefix("/v1"), content=body,
                                    headers={"Content-Type": "application/json"}, timeout=60)
@@ -201,8 +202,12 @@ distill.run(_config({proxy.url!r}, Path({str(prompts)!r}), timeout=60), _ctx(Pat
             time.sleep(0.05)
         proxy.block.set()  # later requests hang: they are in flight when the kill comes, never answered
         while True:
-            n_answered = sum(proxy.answered.values())
-            if db.exists() and sqlite3.connect(db).execute("SELECT COUNT(*) FROM responses").fetchone()[0] >= n_answered:
+            # Kill only once no request let through before the block can still deliver an answer, and every
+            # answer delivered is stored: the answers asked for once are then exactly `first` below.
+            with proxy.lock:
+                in_flight, n_answered = proxy.active, sum(proxy.answered.values())
+            stored = sqlite3.connect(db).execute("SELECT COUNT(*) FROM responses").fetchone()[0] if db.exists() else 0
+            if in_flight == 0 and stored >= n_answered:
                 break
             assert time.monotonic() < deadline
             time.sleep(0.05)
