@@ -1,4 +1,4 @@
-"""Serve a GGUF model over an OpenAI-compatible HTTP API on 127.0.0.1 (for teachers, tests and benchmarks).
+"""Serve a GGUF model over an OpenAI-compatible HTTP API (for teachers, tests, benchmarks and apps).
 
 Examples:
 
@@ -6,9 +6,16 @@ Examples:
 
   slmkit serve model.gguf --port 18080 --delay-ms 200   # add latency, like a remote teacher
 
-  slmkit serve model.gguf --threads 2
+  slmkit serve model.gguf --host 0.0.0.0 --api-key-env SLMKIT_SERVE_KEY   # reachable by others: require a key
 
-Both /v1/chat/completions and /v1/completions answer `"stream": true` with server-sent events.
+  slmkit serve model.gguf --prompt-cache   # faster first token for prompts that share a prefix; see below
+
+Both /v1/chat/completions and /v1/completions answer `"stream": true` with server-sent events. By default every
+prompt is prefilled from scratch, so the same request gets the same answer whatever came before it.
+`--prompt-cache` keeps the KV cache of the previous prompt and evaluates only what follows the common prefix
+(llama.cpp server's cache_prompt): a lower time to first token when prompts share a long prefix (a system
+message, few-shot examples), but a prefill of another shape rounds differently, so a greedy answer can then
+depend on the requests before it (scripts/bench_serve.py measures the gain).
 """
 
 from __future__ import annotations
@@ -23,13 +30,24 @@ NO_ARGS_HELP = True
 
 def command(
     model: Path = typer.Argument(..., help="GGUF file to serve"),
-    port: int = typer.Option(18080, "--port", "-p", help="port on 127.0.0.1"),
+    port: int = typer.Option(18080, "--port", "-p", min=1, max=65535, help="port to listen on"),
+    host: str = typer.Option("127.0.0.1", "--host",
+                             help="address to listen on (0.0.0.0 or :: for every interface: use --api-key-env)"),
     delay_ms: int = typer.Option(0, "--delay-ms", min=0,
                                  help="extra latency before the first byte of every answer, in milliseconds"),
-    n_ctx: int = typer.Option(2048, "--n-ctx", min=1, help="context length"),
+    n_ctx: int = typer.Option(2048, "--n-ctx", min=1, help="context length (prompt plus answer, in tokens)"),
     threads: int | None = typer.Option(None, "--threads", min=1, show_default="all cores",
                                        help="CPU threads for the model"),
+    prompt_cache: bool = typer.Option(False, "--prompt-cache",
+                                      help="reuse the previous prompt's KV cache for a shared prefix: faster first "
+                                           "token, but answers may then depend on earlier requests"),
+    api_key_env: str | None = typer.Option(None, "--api-key-env", metavar="VAR",
+                                           help="require 'Authorization: Bearer <key>' on /v1, the key read from "
+                                                "this environment variable (never printed)"),
+    max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1,
+                                       help="largest request body accepted (413 beyond)"),
 ) -> None:
     from slmkit.pipelines.serve import serve_forever
 
-    serve_forever(model, port, delay_ms, n_ctx, threads)
+    serve_forever(model, port, delay_ms, n_ctx, threads, host=host, prompt_cache=prompt_cache,
+                  api_key_env=api_key_env, max_body_bytes=max_body_bytes)

