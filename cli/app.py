@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
+from pathlib import Path
 
 import typer
 from rich.markup import escape
@@ -59,23 +62,88 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version, is
     pass
 
 
+INTERRUPTED = "interrupted{how}: finished stages are kept, the stopped one is marked FAILED; rerun to resume"
+_signal_name: list[str] = []
+
+
+def _terminate(signum: int, _frame) -> None:
+    """SIGTERM (kill, a CI timeout, systemd) ends a verb the way Ctrl-C does: KeyboardInterrupt in the main thread,
+    so the stage records FAILED and the exit code is 130."""
+    import signal
+
+    _signal_name.append(signal.Signals(signum).name)
+    raise KeyboardInterrupt
+
+
+def _interrupted() -> None:
+    import signal
+
+    # From here on a second Ctrl-C or SIGTERM ends the process at once (no traceback from threads still joining).
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except ValueError:  # not the main thread
+            pass
+    how = f" ({_signal_name[0]})" if _signal_name else ""
+    err_console.print(f"[red]{INTERRUPTED.format(how=how)}[/]", highlight=False)
+    sys.exit(130)
+
+
+_DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _os_error(exc: OSError) -> str | None:
+    """A message for an OSError the user can act on (a full disk, a read-only or forbidden path), else None: other
+    OSErrors are bugs and keep their traceback."""
+    from slmkit.pipelines.rundir import write_error
+
+    if exc.errno not in _DISK_ERRORS:
+        return None
+    if exc.filename is None:  # a write to an open file: the path is not known here
+        full = "; the disk is full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        return f"a write failed ({os.strerror(exc.errno)}){full}"
+    return str(write_error(Path(os.fsdecode(exc.filename)), exc, what="failed"))
+
+
 def main() -> None:
-    """Entry point: user errors print one clear message and exit non-zero, never a traceback."""
+    """Entry point: user errors print one clear message and exit non-zero, never a traceback. An interrupted verb
+    (Ctrl-C or SIGTERM) says so and exits 130, so that `slmkit run x && next` stops."""
+    import signal
+
     from slmkit.pipelines.errors import SlmkitError
 
     try:
-        app(standalone_mode=False)
+        signal.signal(signal.SIGTERM, _terminate)
+    except ValueError:  # not the main thread (main() called from a thread): leave SIGTERM as it is
+        pass
+    try:
+        # Typer turns a KeyboardInterrupt inside a command into a *returned* 130 in non-standalone mode.
+        rc = app(standalone_mode=False)
+        if rc == 130:
+            _interrupted()
+        sys.exit(rc if isinstance(rc, int) else 0)
     except SlmkitError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         sys.exit(exc.exit_code)
     except typer.Exit as exc:
+        if exc.exit_code == 130:
+            _interrupted()
         sys.exit(exc.exit_code)
     except typer.Abort:
         err_console.print("[red]aborted[/]")
         sys.exit(130)
     except KeyboardInterrupt:
-        err_console.print("[red]interrupted[/]: finished stages are kept; rerun to resume")
-        sys.exit(130)
+        _interrupted()
+    except UnicodeDecodeError as exc:  # a reader that did not name its file: still no traceback
+        err_console.print(f"[bold red]error:[/] a file is not UTF-8 text ({escape(exc.reason)} at byte {exc.start})",
+                          highlight=False)
+        sys.exit(1)
+    except OSError as exc:
+        msg = _os_error(exc)
+        if msg is None:
+            raise
+        err_console.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)
+        sys.exit(1)
     except Exception as exc:  # click usage errors arrive here in non-standalone mode
         # Typer vendors its own copy of click, so match usage errors by shape rather than by class.
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):

@@ -77,8 +77,10 @@ def _jsonl_rows(path: Path, stats: LoadStats, on_error: str) -> Iterator[tuple[s
 
 
 def _json_rows(path: Path, stats: LoadStats, on_error: str) -> Iterator[tuple[str, Any]]:
+    from slmkit.pipelines.jsonl import read_text
+
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))  # a byte that is not UTF-8: an error naming FILE:LINE:COLUMN
     except json.JSONDecodeError as err:
         raise SlmkitError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
     if isinstance(data, dict):  # {"data": [...]} and similar wrappers: the one list inside

@@ -327,12 +327,14 @@ def export(model_dir: Path, out_path: Path, outtype: str = "f16", progress: Call
         for name_, arr in extra:
             writer.add_tensor_info(name_, arr.shape, arr.dtype, arr.nbytes)
         n_params = 0
+        data_bytes = sum(arr.nbytes for _, arr in extra)  # what the file needs on disk, less its header
         for p in plans:
             vec = p.kind == "vector" or outtype == "f32"
             dt = np.dtype(np.float32) if vec else np.dtype(np_dtype)
             nbytes = int(np.prod(p.shape)) * dt.itemsize
             writer.add_tensor_info(p.gguf_name, p.shape, dt, nbytes, raw_dtype=None if vec else raw)
             n_params += int(np.prod(p.shape))
+            data_bytes += nbytes
         try:
             writer.write_header_to_file()
             writer.write_kv_data_to_file()
@@ -345,14 +347,20 @@ def export(model_dir: Path, out_path: Path, outtype: str = "f16", progress: Call
                     progress(i + 1, len(plans))
             writer.close()
             os.replace(partial, out_path)
-        except OSError as err:
-            writer.close()
+        except BaseException as exc:
+            try:  # closing flushes what is buffered, which fails again on a full disk
+                writer.close()
+            except OSError:
+                pass
             partial.unlink(missing_ok=True)
-            raise SlmkitError(f"{out_path}: writing the GGUF failed ({err.strerror}); no file left behind") from None
-        except BaseException:
-            writer.close()
-            partial.unlink(missing_ok=True)
-            raise
+            if not isinstance(exc, OSError):
+                raise
+            from slmkit.pipelines.rundir import write_error
+
+            # numpy's tofile reports a full disk as "N requested and M written", with no errno (hence "(None)" once):
+            # write_error names the path and the bytes the file needs
+            err = write_error(out_path, exc, data_bytes, what="writing the GGUF failed")
+            raise SlmkitError(f"{err}; no file left behind") from None
     return ExportResult(out_path, m.arch_name, len(plans) + len(extra), n_params, vocab["model"], vocab.get("pre"))
 
 

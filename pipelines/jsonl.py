@@ -20,16 +20,43 @@ class Record(NamedTuple):
     value: Any
 
 
+def read_text(path: Path) -> str:
+    """A user's text file as UTF-8 (a BOM is dropped). A byte that is not UTF-8 is an SlmkitError naming
+    FILE:LINE:COLUMN and the byte, an unreadable file one naming the file: never a UnicodeDecodeError traceback."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise SlmkitError(f"{path}: cannot read ({err.strerror or err})") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        utf16 = " (it looks like UTF-16)" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise SlmkitError(f"{where_byte(path, data, err.start)}: not UTF-8 text{utf16} ({err.reason}: byte "
+                          f"0x{data[err.start]:02x}); save the file as UTF-8") from None
+
+
+def where_byte(path: Path, data: bytes, offset: int) -> str:
+    """FILE:LINE:COLUMN of a byte offset (1-based; the column counts bytes)."""
+    line = data.count(b"\n", 0, offset) + 1
+    column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+    return f"{path}:{line}:{column}"
+
+
+def load_json(path: Path) -> Any:
+    """A whole JSON document, with errors that name FILE:LINE (encoding, syntax) instead of a traceback."""
+    text = read_text(path)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise SlmkitError(f"{path}:{err.lineno}: not valid JSON ({err.msg} at column {err.colno})") from None
+
+
 def records(path: Path, *, objects: bool = True) -> Iterator[Record]:
     """A Record per non-blank line. A line that is not JSON — or, with `objects`, not a JSON object —
     raises an SlmkitError naming FILE:LINE, so nothing is skipped without the user knowing."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as err:
-        raise SlmkitError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    except OSError as err:
-        raise SlmkitError(f"{path}: cannot read ({err.strerror})") from None
+    text = read_text(path)
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue

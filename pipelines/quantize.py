@@ -19,7 +19,7 @@ from pydantic import Field, field_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from slmkit.pipelines import jsonl
 from slmkit.pipelines.errors import SlmkitError, StageFailed
-from slmkit.pipelines.rundir import write_json
+from slmkit.pipelines.rundir import write_error, write_json
 from slmkit.pipelines.stage import Outcome, StageContext
 from slmkit.pipelines.types import InputPath, ModelSpec, StrictModel
 
@@ -140,7 +140,12 @@ def run(config: QuantizeConfig, ctx: StageContext) -> Outcome:
             if not chunks:
                 raise SlmkitError(f"{calib_path}: no calibration text found")
             imatrix = gguf_quant.compute_imatrix(model_dir, chunks, _step(progress, "importance matrix"))
-            gguf_quant.save_imatrix(imatrix, out / "imatrix.npz")
+            try:
+                gguf_quant.save_imatrix(imatrix, out / "imatrix.npz")
+            except OSError as err:  # a full disk: name the file, leave no half-written one
+                for leftover in out.glob("imatrix.npz*"):
+                    leftover.unlink(missing_ok=True)
+                raise write_error(out / "imatrix.npz", err, sum(a.nbytes for a in imatrix.values())) from None
             outputs["imatrix"] = "imatrix.npz"
             report["imatrix"] = {"calib": str(calib_path), "tokens": sum(len(c) for c in chunks),
                                  "tensors": len(imatrix)}

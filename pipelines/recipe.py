@@ -20,6 +20,8 @@ class RecipeBase(StrictModel):
     description: str = ""
     model: ModelSpec | None = Field(None, description="the base (student) model every stage defaults to")
     seed: int = 0
+    allow_code: bool = Field(False, description="the recipe may import the Python code it names (lm-eval "
+                                                "`!function` tags, module:function fields), as --allow-code does")
 
 
 _models: dict[tuple, type] = {}
@@ -136,9 +138,12 @@ def load_recipe(path: Path | str, overrides: list[str] | None = None):
     path = find_recipe(path)
     source = str(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise RecipeError(source, [f"cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        line = exc.object.count(b"\n", 0, exc.start) + 1
+        raise RecipeError(source, [f"line {line}: not UTF-8 text ({exc.reason}); save the file as UTF-8"]) from None
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)

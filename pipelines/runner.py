@@ -19,6 +19,8 @@ from slmkit.pipelines.recipe import dump, stages_in
 from slmkit.pipelines.rundir import (
     attempt_state,
     execute_stage,
+    lock_out,
+    lock_run,
     partial_of,
     read_json,
     result_of,
@@ -124,6 +126,12 @@ class Run:
                 console: Console | None = None, until=None) -> dict[str, StageResult]:
         console = console or Console()
         chosen, forced = self.select(only, start, force, until)
+        # One process at a time per run directory: a second one would share the stages' .partial folders.
+        with lock_run(self.root):
+            return self._execute(chosen, forced, recipe_file, overrides, console)
+
+    def _execute(self, chosen: list[str], forced: set[str], recipe_file, overrides, console: Console
+                 ) -> dict[str, StageResult]:
         write_manifest(self.root, dump(self.recipe), recipe_file, overrides or [])
         results: dict[str, StageResult] = {}
         for name in self.stages:
@@ -170,12 +178,13 @@ def run_standalone(name: str, config: Any, out: Path, *, seed: int = 0, base_mod
     inputs = input_digests(config, base_model)
     cfg = {"section": config.model_dump(mode="json"), "model": base_model, "seed": seed}
     fingerprint = fp.fingerprint(name, cfg, {}, inputs)
-    done = result_of(name, out)
-    if done and done.fingerprint == fingerprint and not force:
-        console.print(f"[green]✓[/] {name}: {out} is already complete for this config — skipped (--force reruns)")
-        return done
-    from slmkit.pipelines.models import cache_root
+    with lock_out(out):
+        done = result_of(name, out)
+        if done and done.fingerprint == fingerprint and not force:
+            console.print(f"[green]✓[/] {name}: {out} is already complete for this config — skipped (--force reruns)")
+            return done
+        from slmkit.pipelines.models import cache_root
 
-    return execute_stage(stage, config, out, fingerprint, {}, cache_root() / "cache",
-                         {"config": cfg["section"], "inputs": inputs}, seed=seed, base_model=base_model,
-                         console=console)
+        return execute_stage(stage, config, out, fingerprint, {}, cache_root() / "cache",
+                             {"config": cfg["section"], "inputs": inputs}, seed=seed, base_model=base_model,
+                             console=console)

@@ -22,7 +22,7 @@ def test_records_skip_blank_lines_and_name_bad_ones(tmp_path):
     with pytest.raises(SlmkitError, match=r"r.jsonl:2: not valid JSON \(.* at column \d+\)"):
         list(jsonl.records(p))
     p.write_bytes(b'{"a": "\xff"}\n')
-    with pytest.raises(SlmkitError, match=r"r.jsonl: not UTF-8 text"):
+    with pytest.raises(SlmkitError, match=r"r.jsonl:1:8: not UTF-8 text"):
         list(jsonl.records(p))
     with pytest.raises(SlmkitError, match=r"missing.jsonl: cannot read"):
         list(jsonl.records(tmp_path / "missing.jsonl"))
