@@ -11,6 +11,8 @@ Examples:
   slmkit run my.yaml --only curate --force curate
 
   slmkit run demo --until distill           # stop after distill
+
+  slmkit run my.yaml --allow-code           # the recipe names Python code to import (see slmkit validate)
 """
 
 from __future__ import annotations
@@ -32,12 +34,16 @@ def command(
     until: str = typer.Option(None, "--until", help="stop after this stage"),
     force: list[str] = typer.Option(None, "--force", help="rerun this stage even if it is done (repeatable)"),
     runs_dir: Path = RunsDirOpt,
+    allow_code: bool = typer.Option(False, "--allow-code", help="let the recipe import the Python code it names "
+                                                                "(lm-eval !function tags; listed by validate)"),
 ) -> None:
     from slmkit.cli.status import print_status
+    from slmkit.pipelines.code_refs import find_code_refs, require_allowed
     from slmkit.pipelines.recipe import find_recipe, load_recipe
     from slmkit.pipelines.runner import Run
 
     rec = load_recipe(recipe, overrides)
+    require_allowed(find_code_refs(rec), allow_code or rec.allow_code, recipe)  # before anything runs
     run = Run.open(rec, runs_dir)
     console.print(f"run directory: {run.root}")
     run.execute(only=only, start=start, force=force, recipe_file=str(find_recipe(recipe)),

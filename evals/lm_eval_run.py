@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +28,7 @@ import numpy as np
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from slmkit.pipelines.errors import SlmkitError
+from slmkit.pipelines.threads import usable_cores
 
 TASK_DIR = Path(__file__).parent / "lm_eval"
 Kind = Literal["hf", "gguf"]
@@ -48,8 +48,8 @@ class SlmkitGGUFLM(TemplateLM):
 
     Log-likelihoods need the logits at every position of the continuation, so the model is opened with
     `logits_all=True` (memory: n_ctx × vocabulary floats; keep n_ctx modest for large vocabularies).
-    Requests that share a prefix with the one before reuse its KV cache and logits, so the choices of a
-    multiple-choice item pay for their common context once.
+    The choices of a multiple-choice item pay for their common context once (see `_logprobs_at`), and a
+    request's figures never depend on the requests before it.
     """
 
     def __init__(self, path: str | Path, n_ctx: int = 1024, n_threads: int | None = None,
@@ -57,16 +57,17 @@ class SlmkitGGUFLM(TemplateLM):
         super().__init__()
         from llama_cpp import Llama
 
-        path = Path(path)
+        self.path = path = Path(path)
         if not path.is_file():
             raise SlmkitError(f"lm-eval gguf target: no GGUF file at {path}")
-        threads = int(n_threads or os.cpu_count() or 1)
+        threads = int(n_threads or usable_cores())
         self.llm = Llama(model_path=str(path), n_ctx=int(n_ctx), n_threads=threads, logits_all=True, verbose=False)
         trained = self.llm._model.n_ctx_train()
         if 0 < trained < int(n_ctx):  # as HFLM: never longer than the model was trained for (same truncation)
             self.llm.close()
             self.llm = Llama(model_path=str(path), n_ctx=trained, n_threads=threads, logits_all=True, verbose=False)
         self._max_gen_toks = int(max_gen_toks)
+        self._context: list[int] | None = None  # the context last prefilled from scratch (see _logprobs_at)
         # As HFLM: None means "what the tokenizer does by default", which the GGUF records at conversion.
         self.add_bos_token = self.llm._model.add_bos_token() if add_bos_token is None else bool(add_bos_token)
 
@@ -96,21 +97,56 @@ class SlmkitGGUFLM(TemplateLM):
     def tok_decode(self, tokens: list[int]) -> str:
         return self.llm.detokenize(tokens).decode(errors="ignore")
 
+    # -- chat template (lm-eval's apply_chat_template) --------------------------------------------------------
+    @property
+    def template(self) -> str | None:
+        """The chat template the GGUF carries (written at conversion), or None for a base model without one."""
+        return self.llm.metadata.get("tokenizer.chat_template") or None
+
+    @property
+    def tokenizer_name(self) -> str:
+        return f"gguf:{self.path.name}"
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        return self.template
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        """The conversation as the model was trained to read it, rendered from the GGUF's own template (the
+        renderer llama-cpp-python uses for chat requests). lm-eval passes add_generation_prompt=False when
+        the last message is the start of the assistant's answer (`gen_prefix`): that answer is left open, as
+        transformers' continue_final_message leaves it."""
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        if self.template is None:
+            raise SlmkitError(f"lm-eval gguf target {self.path}: no chat template in the GGUF")
+        tok = lambda i: self.llm.detokenize([i], special=True).decode(errors="ignore") if i >= 0 else ""  # noqa: E731
+        history, prefix = list(chat_history), ""
+        if not add_generation_prompt and history and history[-1]["role"] == "assistant":
+            prefix = history.pop()["content"]
+        render = Jinja2ChatFormatter(self.template, eos_token=tok(self.llm.token_eos()),
+                                     bos_token=tok(self.llm.token_bos()), add_generation_prompt=True)
+        return render(messages=history).prompt + prefix
+
     # -- scoring ------------------------------------------------------------------------------------------
     def _logprobs_at(self, tokens: list[int], first: int) -> np.ndarray:
-        """Log-probabilities predicted at positions first..len(tokens)-1 after evaluating `tokens`."""
+        """Log-probabilities predicted at positions first..len(tokens)-1 after evaluating `tokens`.
+
+        Position `first` is the context's last token (its logits predict the continuation's first one). The
+        same (context, continuation) always gets the same figures, whatever was scored before: a context is
+        prefilled from scratch, on its own, and the continuation after it. The context just prefilled that
+        way is reused as it stands for the next request with the same context (the other choices of an
+        item); no other shared prefix is, because prefilling the rest of a context after part of it splits
+        the batches differently, which rounds the logits differently.
+        """
         llm = self.llm
-        cached = llm.input_ids[: llm.n_tokens].tolist()
-        common = 0
-        for a, b in zip(cached, tokens, strict=False):
-            if a != b:
-                break
-            common += 1
-        # Re-evaluate at least the last token: llama.cpp wants a non-empty batch, and positions before
-        # `common` keep their logits in llm.scores from the earlier evaluation of the same prefix.
-        common = min(common, len(tokens) - 1)
-        llm.n_tokens = common
-        llm.eval(tokens[common:])
+        context = tokens[: first + 1]
+        if self._context != context:
+            llm.reset()
+            llm.eval(context)
+            self._context = context
+        llm.n_tokens = len(context)  # forget the previous continuation; the context's logits stay in scores
+        if len(tokens) > len(context):
+            llm.eval(tokens[len(context):])
         return _log_softmax(llm.scores[first: len(tokens)])
 
     def _score(self, context_enc: list[int], continuation_enc: list[int]) -> tuple[float, bool]:
@@ -162,6 +198,8 @@ class SlmkitGGUFLM(TemplateLM):
             prompt = self.tok_encode(context)[-(self.max_length - max_toks):]
             # A token list as prompt: llama-cpp-python adds no BOS of its own, so the tokens are exactly the
             # ones tok_encode made (the same rule the log-likelihood requests follow).
+            self.llm.reset()  # from scratch: the answer must not depend on the request before it
+            self._context = None
             answer = self.llm.create_completion(prompt=prompt, max_tokens=max_toks, temperature=0.0,
                                                 stop=until or None)["choices"][0]["text"]
             self.cache_hook.add_partial("generate_until", (context, gen_kwargs), answer)
@@ -276,9 +314,19 @@ def open_lm(kind: Kind, path: Path, n_threads: int | None = None) -> Iterator[Te
         raise SlmkitError(f"lm-eval target kind '{kind}': expected one of hf, gguf")
 
 
+def has_chat_template(lm: TemplateLM) -> bool:
+    if isinstance(lm, SlmkitGGUFLM):
+        return lm.template is not None
+    return bool(getattr(getattr(lm, "tokenizer", None), "chat_template", None))
+
+
 def run_lm_eval(kind: Kind, path: Path, tasks: list[str], limit: int | None = None,
-                n_threads: int | None = None) -> dict[str, dict[str, float]]:
-    """Run lm-eval tasks on one local target; returns task -> metric -> value (stderrs as `<metric>_stderr`)."""
+                n_threads: int | None = None, chat_template: bool | None = None) -> dict[str, dict[str, float]]:
+    """Run lm-eval tasks on one local target; returns task -> metric -> value (stderrs as `<metric>_stderr`).
+
+    `chat_template=None` renders each prompt with the model's own chat template when it has one (an instruct
+    or fine-tuned model reads its task the way it was trained to; the demo's tickets tasks are written for
+    that), and as plain text for a base model without one."""
     import lm_eval
 
     if not tasks:
@@ -287,8 +335,10 @@ def run_lm_eval(kind: Kind, path: Path, tasks: list[str], limit: int | None = No
     configs = [_task_config(t, manager) for t in tasks]
     logging.getLogger("lm_eval").setLevel(logging.WARNING)  # its INFO lines would drown the Rich output
     with open_lm(kind, path, n_threads) as lm, _torch_threads(n_threads):
+        templated = has_chat_template(lm) if chat_template is None else chat_template
         out = lm_eval.simple_evaluate(model=lm, tasks=configs, task_manager=manager, limit=limit,
-                                      bootstrap_iters=1000, log_samples=False, verbosity="WARNING")
+                                      bootstrap_iters=1000, log_samples=False, verbosity="WARNING",
+                                      apply_chat_template=templated)
     return _flatten(out["results"])
 
 

@@ -1,6 +1,7 @@
 """bench: quality, latency, throughput, memory and cost of several targets on the same prompts, side by side.
 
-    targets ──(one at a time; local ones in a child process)──▶ per-request records
+    targets ──(all loaded at once, local ones each in a child process; asked item by item,
+               A B C D A B C D …, so load changes fall on all alike)──▶ per-request records
             ──▶ speed (bench_speed) · quality (evals.metrics) · cost (bench_cost)
             ──▶ bench.json, samples.jsonl, report.md + plots (bench_report)
 A request that fails is recorded and the target goes on; a target that fails is reported and the others still
@@ -12,20 +13,22 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import statistics
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from slmkit.evals.metrics import METRICS
 from slmkit.evals.tasks import Item, TaskConfig, load_few_shot, load_items
 from slmkit.pipelines.bench_cost import CostConfig, cost_figures
-from slmkit.pipelines.bench_measure import TargetFailed, run_target
+from slmkit.pipelines.bench_measure import measure
 from slmkit.pipelines.bench_speed import speed_stats
 from slmkit.pipelines.bench_targets import Target, TargetConfig, size_mb
 from slmkit.pipelines.errors import SlmkitError, StageFailed
 from slmkit.pipelines.stage import Outcome, StageContext
+from slmkit.pipelines.threads import usable_cores
 from slmkit.pipelines.types import StrictModel
 
 
@@ -34,6 +37,22 @@ class LmEvalConfig(StrictModel):
     targets: list[str] | None = Field(None, description="labels of the targets to run them on (default: every "
                                                         "hf and gguf target; endpoints give no log-probs)")
     limit: int | None = Field(None, gt=0, description="items per task")
+
+    @field_validator("tasks")
+    @classmethod
+    def _task_files(cls, tasks: list[str], info: ValidationInfo) -> list[str]:
+        """A task YAML path is read against the recipe's folder, as every path in a recipe is, and must exist
+        (slmkit validate lists the code such a file would import: it must be the file that runs)."""
+        base = Path((info.context or {}).get("base_dir") or Path.cwd())
+        out = []
+        for i, spec in enumerate(tasks):
+            if Path(spec).suffix in (".yaml", ".yml"):
+                path = (base / Path(spec).expanduser()).resolve()
+                if not path.is_file():
+                    raise ValueError(f"entry {i} ('{spec}'): no task file at {path}")
+                spec = str(path)
+            out.append(spec)
+        return out
 
 
 class BenchConfig(StrictModel):
@@ -197,10 +216,13 @@ def score(records: list[dict], items: list[Item], metric: str) -> tuple[dict[str
     return quality, samples
 
 
-def _errors(result: dict) -> dict[str, Any]:
-    failed = [r["error"] for r in result["records"] if "error" in r]
+def _errors(result) -> dict[str, Any]:
+    failed = [r["error"] for r in result.records if "error" in r]
     first = list(dict.fromkeys(failed))[:3]
-    return {"count": len(failed), "first": first, "warmup": result.get("warmup_errors", [])}
+    out = {"count": len(failed), "first": first, "warmup": result.warmup_errors}
+    if result.failed:  # the worker died part way: the requests it never ran count as failed above
+        out["worker"] = result.failed
+    return out
 
 
 def _check_answers(items: list[Item], metric: str, where: str) -> None:
@@ -214,12 +236,98 @@ def _check_answers(items: list[Item], metric: str, where: str) -> None:
             raise SlmkitError(f"{where}: item '{item.id}': metric json_fields needs a JSON object as the answer")
 
 
-def run(config: BenchConfig, ctx: StageContext) -> Outcome:
+def _injected_delay_s(spec: TargetConfig) -> float:
+    """The fixed wait a served stand-in adds before its first byte (a network round trip stood in for)."""
+    return spec.delay_ms / 1000 if spec.kind == "openai" and spec.serve else 0.0
+
+
+def paired_series(records: list[dict], delay_s: float) -> dict[str, list[float | None]]:
+    """Per request, in the order every target was asked (pass by pass, item by item): the time to first token
+    without any injected delay, and the decode speed. `bench --check` divides two targets' series item by
+    item, each pair measured back to back under the same load."""
+    ttft, decode = [], []
+    for r in records:
+        ok = "error" not in r and r.get("ttft_s") is not None
+        ttft.append(round((r["ttft_s"] - delay_s) * 1000, 3) if ok else None)
+        span = r["e2e_s"] - r["ttft_s"] if ok else 0.0
+        decode.append(round((r["completion_tokens"] - 1) / span, 3) if ok and r["completion_tokens"] >= 2
+                      and span > 0 else None)
+    return {"keys": [f"{r['pass']}:{r['id']}" for r in records], "ttft_compute_ms": ttft,
+            "decode_tokens_per_s": decode}
+
+
+def _measure_all(config: BenchConfig, ctx: StageContext, specs: list[TargetConfig], items: list[Item],
+                 baseline: str) -> tuple[list[dict[str, Any]], list[dict]]:
+    """Every target loaded at once and asked item by item (see bench_measure); then lm-eval, one at a time."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    task = config.task
+    prompts = [(it.id, it.prompt) for it in items]
+    per_target = config.warmup + len(prompts) * config.repeats
+    rows: dict[str, dict[str, Any]] = {}
+    targets: dict[str, tuple[TargetConfig, Target]] = {}
+    all_samples: list[dict] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with contextlib.ExitStack() as stack, Progress(*columns, console=ctx.console, transient=False) as bar:
+        for spec in specs:
+            label = spec.default_label()
+            rows[label] = {"label": label, "kind": spec.kind, "note": _note(spec),
+                           "reference": spec.reference or (None if label == baseline else baseline)}
+            try:
+                target, facts = stack.enter_context(ready(spec, ctx))
+            except SlmkitError as exc:
+                rows[label].update(status="failed", error=str(exc)[:1000])
+                ctx.console.print(f"[red]✗[/] {label}: {exc}")
+                continue
+            rows[label].update(facts)
+            targets[label] = (spec, target)
+        bars = {label: bar.add_task(f"bench {label}", total=per_target) for label in targets}
+        outcomes = measure([t for _, t in targets.values()], prompts, task.max_tokens, task.stop, config.warmup,
+                           config.repeats, progress=lambda label, n: bar.advance(bars[label], n))
+        for label, (spec, target) in targets.items():
+            row, result = rows[label], outcomes[label]
+            row["size_mb"] = size_mb(target)
+            stats = speed_stats(result.records)
+            if result.failed and not result.records:
+                row.update(status="failed", error=result.failed[:1000])
+            elif stats["ok"] == 0:  # a target none of whose requests worked has no figures to show
+                first = next(r["error"] for r in result.records if "error" in r)
+                row.update(status="failed", error=f"all {stats['requests']} requests failed, e.g. {first}"[:1000])
+            if row.get("status") == "failed":
+                ctx.console.print(f"[red]✗[/] {label}: {row['error']}")
+                continue
+            quality, samples = score(result.records, items, task.metric)
+            delay_s = _injected_delay_s(spec)
+            paired = paired_series(result.records, delay_s)
+            row.update(status="ok", **stats, peak_rss_mb=result.peak_rss_mb, load_s=result.load_s, **quality,
+                       errors=_errors(result), paired=paired)
+            if delay_s:  # the figure a ratio between machines can use: the stand-in's own compute
+                row["injected_delay_ms"] = spec.delay_ms
+                row["ttft_compute_ms_p50"] = round(statistics.median(
+                    v for v in paired["ttft_compute_ms"] if v is not None), 2)
+            row.update(cost_figures(spec.kind, spec.price_input_per_1m, spec.price_output_per_1m, stats, config.cost))
+            if spec.kind == "openai":
+                row["prompt_tokens_per_s_note"] = "client-side: includes the network and any server queueing"
+            all_samples += [{"target": label, **s} for s in samples]
+        # lm-eval after the speed run, one target at a time, in this process: the workers are closed by now.
+        for label, (spec, target) in targets.items():
+            if rows[label].get("status") == "ok" and wants_lm_eval(config, spec):
+                bar.update(bars[label], description=f"bench {label}: lm-eval")
+                rows[label].update(lm_eval_scores(config, spec, target.location))
+                bar.update(bars[label], description=f"bench {label}")
+    return list(rows.values()), all_samples
+
+
+def run(config: BenchConfig, ctx: StageContext) -> Outcome:
     from slmkit.pipelines import bench_report
     from slmkit.pipelines.rundir import write_json
 
     specs = config.targets or default_targets(ctx)
+    from slmkit.pipelines.secrets import key_for
+
+    for i, spec in enumerate(specs):  # a named key variable that is unset stops the stage before any request
+        if spec.kind == "openai":
+            key_for(spec.api_key_env, spec.base_url or "http://127.0.0.1", f"bench.targets.{i}.api_key_env")
     task = config.task
     data = task.data or ctx.first_input("eval", ["curate"])
     if data is None:
@@ -233,48 +341,7 @@ def run(config: BenchConfig, ctx: StageContext) -> Outcome:
                           f"bench.task.data at a JSONL with reference answers)") from None
     _check_answers(items, task.metric, str(data))
     baseline = baseline_label(config, specs)
-    prompts = [(it.id, it.prompt) for it in items]
-    per_target = config.warmup + len(prompts) * config.repeats
-
-    rows: list[dict[str, Any]] = []
-    all_samples: list[dict] = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=ctx.console, transient=False) as bar:
-        for spec in specs:
-            label = spec.default_label()
-            row: dict[str, Any] = {"label": label, "kind": spec.kind, "note": _note(spec),
-                                   "reference": spec.reference or (None if label == baseline else baseline)}
-            task_id = bar.add_task(f"bench {label}", total=per_target)
-            try:
-                with ready(spec, ctx) as (target, facts):
-                    row.update(facts)
-                    result = run_target(target, prompts, task.max_tokens, task.stop, config.warmup, config.repeats,
-                                        progress=lambda n, t=task_id: bar.advance(t, n))
-                    row["size_mb"] = size_mb(target)
-                    if wants_lm_eval(config, spec):  # after the speed run, whose child process held the model
-                        bar.update(task_id, description=f"bench {label}: lm-eval")
-                        row.update(lm_eval_scores(config, spec, target.location))
-            except (TargetFailed, SlmkitError) as exc:
-                row.update(status="failed", error=str(exc)[:1000])
-                rows.append(row)
-                ctx.console.print(f"[red]✗[/] {label}: {exc}")
-                continue
-            stats = speed_stats(result["records"])
-            if stats["ok"] == 0:  # a target none of whose requests worked has no figures to show
-                first = next(r["error"] for r in result["records"] if "error" in r)
-                row.update(status="failed", error=f"all {stats['requests']} requests failed, e.g. {first}"[:1000])
-                rows.append(row)
-                ctx.console.print(f"[red]✗[/] {label}: {row['error']}")
-                continue
-            quality, samples = score(result["records"], items, task.metric)
-            row.update(status="ok", **stats, peak_rss_mb=result["peak_rss_mb"], load_s=result["load_s"], **quality,
-                       errors=_errors(result))
-            row.update(cost_figures(spec.kind, spec.price_input_per_1m, spec.price_output_per_1m, stats, config.cost))
-            if spec.kind == "openai":
-                row["prompt_tokens_per_s_note"] = "client-side: includes the network and any server queueing"
-            rows.append(row)
-            all_samples += [{"target": label, **s} for s in samples]
-
+    rows, all_samples = _measure_all(config, ctx, specs, items, baseline)
     if not any(r["status"] == "ok" for r in rows):
         raise StageFailed("bench: every target failed:\n" + "\n".join(f"  {r['label']}: {r['error']}" for r in rows))
     by_label = {r["label"]: r for r in rows}
@@ -285,7 +352,8 @@ def run(config: BenchConfig, ctx: StageContext) -> Outcome:
 
     bench = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "machine": platform.machine(),
+        "machine": {"cpus": os.cpu_count(), "usable_cpus": usable_cores(), "platform": platform.platform(),
+                    "machine": platform.machine(),
                     "python": platform.python_version()},
         "task": {"data": str(data), "items": len(items), "metric": task.metric, "max_tokens": task.max_tokens,
                  "stop": task.stop},
@@ -293,6 +361,7 @@ def run(config: BenchConfig, ctx: StageContext) -> Outcome:
         "baseline": baseline,
         "warmup": config.warmup,
         "repeats": config.repeats,
+        "order": "interleaved: each item to every target in turn, in the order of `targets`",
         "cost": config.cost.model_dump(),
         "targets": rows,
     }

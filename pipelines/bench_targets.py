@@ -11,20 +11,23 @@ Token counts come from a tokenizer, never from the number of chunks: a chunk can
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+from slmkit.pipelines import secrets
+from slmkit.pipelines.threads import usable_cores
 from slmkit.pipelines.types import InputPath, StrictModel
 
 Kind = Literal["gguf", "hf", "openai"]
 
 
 class TargetConfig(StrictModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True)
+    # hide_input_in_errors: a rejected api_key_env or base_url may hold a key; no error text may quote it.
+    model_config = ConfigDict(extra="forbid", validate_default=True, populate_by_name=True,
+                              hide_input_in_errors=True)
 
     label: str | None = Field(None, description="name in reports (default: derived from the spec)")
     kind: Kind
@@ -34,14 +37,17 @@ class TargetConfig(StrictModel):
     from_: str | None = Field(None, alias="from", description="STAGE.KEY: the path is that upstream output "
                                                               "(e.g. quantize.Q4_K_M, merge.model)")
     base_url: str | None = None
-    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the key (never stored)")
+    api_key_env: str | None = Field(None, description="openai: the environment variable holding the endpoint's "
+                                                      "key, sent as a Bearer token (unset: no key is sent)")
     api: Literal["chat", "completions"] = "chat"
     few_shot: InputPath | None = Field(None, description="JSONL of {prompt, response} pairs put before each prompt")
     system: str | None = None
     n_threads: int | None = Field(None, gt=0, description="local targets: CPU threads (default: all cores)")
     n_ctx: int = Field(4096, gt=0, description="gguf: context length")
-    prompt_cache: bool = Field(True, description="gguf: reuse the KV of the prompt prefix shared with the previous "
-                                                 "request, as llama.cpp servers do (false: every prompt from scratch)")
+    prompt_cache: bool = Field(False, description="gguf: reuse the KV of the prompt prefix shared with the previous "
+                                                  "request, as llama.cpp servers do. Off by default: a prefill of "
+                                                  "another shape rounds differently, so with it the same request "
+                                                  "can get another greedy answer depending on what came before")
     price_input_per_1m: float | None = Field(None, ge=0, description="endpoint: USD per 1M prompt tokens")
     price_output_per_1m: float | None = Field(None, ge=0, description="endpoint: USD per 1M completion tokens")
     tokenizer: str | None = Field(None, description="endpoint: count tokens with this (HF folder, known model "
@@ -57,6 +63,22 @@ class TargetConfig(StrictModel):
     @classmethod
     def _from_spec(cls, value: Any) -> Any:
         return parse_spec(value) if isinstance(value, str) else value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        problem = None if value is None else secrets.env_name_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        problem = None if value is None else secrets.url_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -93,14 +115,16 @@ class TargetConfig(StrictModel):
 
 
 def parse_spec(spec: str) -> dict:
-    """`gguf:PATH`, `hf:PATH_OR_KNOWN_NAME`, `openai:MODEL@BASE_URL` -> the mapping form."""
+    """`gguf:PATH`, `hf:PATH_OR_KNOWN_NAME`, `openai:MODEL@BASE_URL` -> the mapping form.
+
+    The openai shorthand sends no key: an endpoint that needs one takes the mapping form with `api_key_env`."""
     kind, sep, rest = spec.partition(":")
     if not sep or not rest or kind not in ("gguf", "hf", "openai"):
-        raise ValueError(f"'{spec}' is not gguf:PATH, hf:PATH_OR_NAME or openai:MODEL@BASE_URL")
+        raise ValueError(f"'{secrets.scrub(spec)}' is not gguf:PATH, hf:PATH_OR_NAME or openai:MODEL@BASE_URL")
     if kind == "openai":
         model, at, url = rest.partition("@")
         if not at or not model or not url.startswith(("http://", "https://")):
-            raise ValueError(f"'{spec}' needs the form openai:MODEL@http(s)://HOST/v1")
+            raise ValueError(f"'{secrets.scrub(spec)}' needs the form openai:MODEL@http(s)://HOST/v1")
         return {"kind": "openai", "model": model, "base_url": url.rstrip("/")}
     if kind == "hf" and not Path(rest).expanduser().exists() and not rest.startswith((".", "/", "~")):
         return {"kind": "hf", "model": rest}  # a known model name or an HF id
@@ -119,10 +143,10 @@ class Target:
     messages_prefix: list[dict]  # system + few-shot turns
     n_threads: int | None
     n_ctx: int
-    api_key_env: str
+    api_key_env: str | None  # the variable's name only; the key is read by the client when it connects
     tokenizer: str | None
     timeout: float
-    prompt_cache: bool = True
+    prompt_cache: bool = False
 
 
 @dataclass
@@ -161,7 +185,7 @@ class GGUFBackend:
         from llama_cpp import Llama
 
         self.t = target
-        self.llm = Llama(model_path=target.location, n_ctx=target.n_ctx, n_threads=target.n_threads or os.cpu_count(),
+        self.llm = Llama(model_path=target.location, n_ctx=target.n_ctx, n_threads=target.n_threads or usable_cores(),
                          verbose=False)
         self._prompt_tokens = 0
         generate = self.llm.generate
@@ -179,7 +203,9 @@ class GGUFBackend:
     def request(self, prompt: str, max_tokens: int, stop: list[str]) -> Reply:
         method, feed, piece_of = _GGUF_API[self.t.api]
         if not self.t.prompt_cache:
-            self.llm.reset()  # forget the previous request's tokens: no prefix is reused
+            # Forget the previous request's tokens: the whole prompt is prefilled in the same batches every
+            # time, so the same request gets the same greedy answer whatever ran before it.
+            self.llm.reset()
         parts: list[str] = []
         first = None
         start = time.perf_counter()
@@ -302,8 +328,10 @@ class OpenAIBackend:
 
         self.t = target
         headers = {}
-        key = os.environ.get(target.api_key_env)
-        if key:  # read here, sent in a header, never stored in the target, a result or a log
+        # Only the variable this target names, read here, sent in a header, never stored in the target, a result
+        # or a log; no api_key_env means no Authorization header at all.
+        key = secrets.key_for(target.api_key_env, target.location, f"bench target '{target.label}' api_key_env")
+        if key:
             headers["Authorization"] = f"Bearer {key}"
         self.client = httpx.Client(base_url=target.location, headers=headers, timeout=target.timeout)
         self.counter = TokenCounter(target.tokenizer)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import statistics
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -41,6 +42,7 @@ class ScriptedEndpoint:
     def __init__(self):
         self.auth: list[str] = []
         self.calls = {"/v1": 0, "/nousage/v1": 0}
+        self.order: list[str] = []  # the prefix of every request, in arrival order
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -54,6 +56,7 @@ class ScriptedEndpoint:
                 prefix = self.path.rsplit("/chat/completions", 1)[0]
                 endpoint.auth.append(self.headers.get("Authorization", ""))
                 endpoint.calls[prefix] += 1
+                endpoint.order.append(prefix)
                 if endpoint.calls[prefix] % 2 == 0 and prefix == "/nousage/v1":  # a stream that drops mid-answer
                     self.send_response(200)
                     self.send_header("Content-Type", "text/event-stream")
@@ -242,7 +245,8 @@ def test_check_passes_on_own_figures_and_fails_when_moved(ran, tmp_path):
     reported = bench_check.write_reported(result, reference="tiny-f16")
     checks = bench_check.check(result, reported)
     assert checks and all(c.ok for c in checks)
-    assert {c.figure for c in checks} >= {"quality", "decode_tokens_per_s_ratio (vs tiny-f16)"}
+    assert {c.figure for c in checks} >= {"quality", "decode_ratio (vs tiny-f16)", "ttft_ratio (vs tiny-f16)"}
+    assert set(reported["meaning"]) == {"ttft_ratio", "decode_ratio"}
 
     runner = CliRunner()
     rep = tmp_path / "reported.json"
@@ -259,8 +263,8 @@ def test_check_passes_on_own_figures_and_fails_when_moved(ran, tmp_path):
     with pytest.raises(StageFailed, match="tiny-hf quality"):
         _fail(bench_check.check(result, moved))
     moved = json.loads(rep.read_text())
-    moved["targets"]["served"]["decode_tokens_per_s_ratio"] *= 1.6  # just outside the default 1.5x
-    with pytest.raises(StageFailed, match="served decode_tokens_per_s_ratio"):
+    moved["targets"]["served"]["decode_ratio"] *= 1.6  # just outside the default 1.5x
+    with pytest.raises(StageFailed, match="served decode_ratio"):
         _fail(bench_check.check(result, moved))
     moved["tolerances"] = {"speed_factor": 1.7}  # the reported file may carry its own, looser tolerances
     assert all(c.ok for c in bench_check.check(result, moved))
@@ -268,6 +272,38 @@ def test_check_passes_on_own_figures_and_fails_when_moved(ran, tmp_path):
     rep.write_text(json.dumps(moved))
     res = runner.invoke(app, ["bench", "--check", str(rep), "--results", str(out / "bench.json")])
     assert res.exit_code == 1
+
+
+def test_targets_are_asked_item_by_item_in_turn(ran):
+    """Interleaved: each item goes to every target before the next item, so the two endpoints of one server
+    see alternating requests (warm-up first), not one target's whole run and then the other's."""
+    _, _, ep = ran
+    assert ep.order == ["/v1", "/nousage/v1"] * (1 + len(ITEMS) * 2)
+
+
+def test_served_ttft_without_the_injected_delay(ran):
+    result, _, _ = ran
+    served = _row(result, "served")
+    assert served["injected_delay_ms"] == 60
+    paired = served["paired"]
+    assert len(paired["keys"]) == len(paired["ttft_compute_ms"]) == 8 and paired["keys"][0] == "0:a"
+    assert served["ttft_compute_ms_p50"] == pytest.approx(statistics.median(paired["ttft_compute_ms"]), abs=0.01)
+    assert served["ttft_compute_ms_p50"] < served["ttft_ms_p50"] - 55
+
+
+def test_speed_ratios_are_taken_item_by_item():
+    """A load step half way (every time doubles from the third item on) falls on both targets' same items;
+    the paired ratio stays what the models make it (2), matched by (pass, item), skipping failed requests."""
+    def row(label, ttft, kind="gguf"):
+        return {"label": label, "kind": kind, "status": "ok", "ttft_ms_p50": 1.0, "decode_tokens_per_s": 1.0,
+                "paired": {"keys": [f"0:{i}" for i in "abcd"], "ttft_compute_ms": ttft,
+                           "decode_tokens_per_s": [100 / t if t else None for t in ttft]}}
+
+    bench_json = {"baseline": "remote", "targets": [row("slow", [20, 20, 40, 40]), row("fast", [10, 10, 20, None]),
+                                                    row("remote", [5, 5, 5, 5], kind="openai")]}
+    got = bench_check.ratios(bench_json, "fast")
+    assert got["slow"]["ttft_ratio"] == 2.0 and got["slow"]["decode_ratio"] == 0.5
+    assert bench_check.default_reference(bench_json) == "slow"  # a local target, never the remote one
 
 
 def _fail(checks):

@@ -105,7 +105,7 @@ def test_target_specs(tmp_path):
     t = TargetConfig.model_validate(f"gguf:{g}")
     assert t.kind == "gguf" and t.path == g and t.default_label() == "m-Q4_K_M"
     t = TargetConfig.model_validate("openai:gpt-4o-mini@https://api.example.com/v1/")
-    assert (t.model, t.base_url, t.api_key_env) == ("gpt-4o-mini", "https://api.example.com/v1", "OPENAI_API_KEY")
+    assert (t.model, t.base_url, t.api_key_env) == ("gpt-4o-mini", "https://api.example.com/v1", None)  # no key
     assert TargetConfig.model_validate("hf:smollm2-135m-instruct").model == "smollm2-135m-instruct"
     assert TargetConfig.model_validate({"kind": "gguf", "model": "smollm2-135m-instruct"}).default_label() \
         == "smollm2-135m-instruct"

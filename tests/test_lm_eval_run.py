@@ -151,3 +151,37 @@ def test_real_smollm2_gguf_and_hf_agree(tmp_path):
     # The ranking of the three labels, which is what acc reads, is the same for every ticket.
     rank = lambda lls: [max(range(3), key=lambda j: lls[i + j][0]) for i in range(0, len(lls), 3)]  # noqa: E731
     assert rank(hf_ll) == rank(gg_ll)
+
+
+def test_gguf_chat_template_renders_like_the_hf_tokenizer(tiny_model_dir, tiny_gguf):
+    """lm-eval's apply_chat_template with a gen_prefix (the start of the answer left open): the GGUF adapter,
+    rendering the template the GGUF carries, gives the very text transformers gives for the same folder."""
+    from transformers import AutoTokenizer
+
+    chat = [{"role": "user", "content": "Extract the ticket as JSON."},
+            {"role": "assistant", "content": '{"product": "'}]
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    want_open = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=False,
+                                        continue_final_message=True)
+    want_prompt = tok.apply_chat_template(chat[:1], tokenize=False, add_generation_prompt=True)
+    with open_lm("gguf", tiny_gguf, n_threads=1) as lm:
+        assert lm_eval_run.has_chat_template(lm)
+        assert lm.apply_chat_template(chat, add_generation_prompt=False) == want_open
+        assert lm.apply_chat_template(chat[:1], add_generation_prompt=True) == want_prompt
+
+
+def test_ticket_tasks_score_in_the_json_answer_the_recipe_asks_for():
+    """The ticket tasks put the demo's own prompt first and score a label where the JSON answer would hold it,
+    after the ground-truth fields before it (never the label itself)."""
+    from lm_eval.tasks import TaskManager
+
+    manager = TaskManager(include_path=str(lm_eval_run.TASK_DIR), include_defaults=False)
+    row = json.loads(TICKETS.read_text().splitlines()[0])
+    for name, field, before in (("slmkit_ticket_product", "product", '"customer_name": "'),
+                                ("slmkit_ticket_urgency", "urgency", '"product": "')):
+        task = manager.load_task_or_group([lm_eval_run._task_config(name, manager)])
+        (task,) = task.values()
+        doc = next(iter(task.test_docs()))
+        assert task.doc_to_text(doc) == row["prompt"]
+        prefix = task.resolve_field(doc, task.config.gen_prefix)
+        assert before in prefix and prefix.endswith(f'"{field}": "') and row["answer"][field] not in prefix[-12:]
