@@ -11,17 +11,29 @@ from __future__ import annotations
 
 import contextlib
 import json
+import queue
+import signal
+import threading
+import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 from slmkit.pipelines import jsonl
-from slmkit.pipelines.errors import SlmkitError
+from slmkit.pipelines.errors import SlmkitError, StageFailed
 from slmkit.pipelines.response_cache import ResponseCache, cache_key
 from slmkit.pipelines.stage import Outcome, StageContext
-from slmkit.pipelines.teachers import Answer, RetryableError, TeacherConfig, make_teacher, parse_spec
+from slmkit.pipelines.teachers import (
+    Interrupted,
+    RetryableError,
+    TeacherConfig,
+    TeacherSpec,
+    make_teacher,
+    parse_spec,
+)
 from slmkit.pipelines.types import InputPath, StrictModel
 from slmkit.pipelines.validators import ValidateConfig, check
 
@@ -32,7 +44,8 @@ class FewShot(StrictModel):
 
 
 class DistillConfig(StrictModel):
-    teacher: str | TeacherConfig = Field(description="openai:MODEL@BASE_URL, hf:PATH or gguf:PATH, or a mapping")
+    teacher: TeacherSpec = Field(description="openai:MODEL@BASE_URL (sends no key), hf:PATH or gguf:PATH, or a "
+                                             "mapping (with `api_key_env` for an endpoint that needs a key)")
     prompts: InputPath | None = Field(None, description="prompts file; default: curate's output")
     mode: Literal["generate", "logits"] = "generate"
     system: str | None = Field(None, description="system prompt for the teacher")
@@ -51,6 +64,9 @@ class DistillConfig(StrictModel):
     validate_retries: int = Field(2, ge=0, description="re-ask an answer that fails validation this many times")
     top_k: int = Field(20, ge=1, le=1000, description="logits mode: teacher log-probs kept per token")
     student: str | None = Field(None, description="logits mode: student model whose tokenizer must match")
+    max_failed_share: float = Field(
+        0.0, ge=0, le=1, description="share of answers the teacher may fail to give (HTTP errors, timeouts, ...) "
+                                     "before the stage fails; answers dropped by validation do not count")
 
     model_config = {**StrictModel.model_config, "populate_by_name": True}
 
@@ -65,12 +81,16 @@ def _user_turns(messages: list[dict]) -> list[dict]:
 
 def read_prompts(path: Path) -> list[tuple[list[dict], dict]]:
     """(messages, carried fields) per prompt, from JSONL (prompt or messages) or plain text lines."""
-    with Path(path).open(encoding="utf-8") as fh:  # the first line decides the format; read no further here
-        first = next((ln for ln in fh if ln.strip()), "")
+    try:
+        with Path(path).open(encoding="utf-8") as fh:  # the first line decides the format; read no further here
+            first = next((ln for ln in fh if ln.strip()), "")
+    except UnicodeDecodeError:
+        jsonl.read_text(path)  # raises the error that names FILE:LINE:COLUMN
+        raise
     if first.lstrip().startswith("{"):
         out = [_prompt_record(where, rec) for where, _, rec in jsonl.records(path)]
     else:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = jsonl.read_text(path).splitlines()
         out = [([{"role": "user", "content": ln.strip()}], {}) for ln in lines if ln.strip()]
     if not out:
         raise SlmkitError(f"{path}: no prompts")
@@ -142,98 +162,288 @@ def run(config: DistillConfig, ctx: StageContext) -> Outcome:
         return _generate(config, ctx, tcfg, prompts, shots, params)
 
 
-def _generate(config: DistillConfig, ctx: StageContext, tcfg: TeacherConfig, prompts: list, shots: list[FewShot],
-              params: dict[str, Any]) -> Outcome:
+# ---------------------------------------------------------------- asking the teacher
+
+@dataclass
+class JobResult:
+    """One (prompt, sample) job: the answer kept, or why there is none."""
+
+    prompt: int
+    sample: int
+    text: str | None = None
+    rejections: list[str] = field(default_factory=list)  # a validation reason per answer refused
+    failure: str | None = None  # the kind of request failure (http_500, timeout, ...) that left it unanswered
+    error: str | None = None  # the last error's message, for the report
+    retried: list[str] = field(default_factory=list)  # the kind of each failed attempt that was sent again
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    fresh: int = 0  # answers received from the teacher in this run (not from the cache)
+
+
+class _Asker:
+    """Gets one job's answer, re-asking one that fails validation; each answer is cached the moment it arrives,
+    so whatever happens afterwards (a kill, an interrupt, a failed budget) it is never paid for twice."""
+
+    def __init__(self, config: DistillConfig, tcfg: TeacherConfig, prompts: list, shots: list[FewShot],
+                 params: dict[str, Any], cache: ResponseCache, teacher: Any, stop: threading.Event):
+        self.config, self.tcfg, self.prompts, self.shots = config, tcfg, prompts, shots
+        self.params, self.cache, self.teacher, self.stop = params, cache, teacher, stop
+        # A served teacher's port changes between runs: its cache entries are keyed by what is served instead.
+        self.where = f"serve:{tcfg.serve}" if tcfg.serve else tcfg.base_url or ""
+
+    def __call__(self, i: int, s: int) -> JobResult | None:
+        """The job's result; None when `stop` came first (nothing of it was asked, so nothing is lost)."""
+        res = JobResult(i, s)
+        msgs = _full_messages(self.config, self.prompts[i][0], self.shots)
+        for attempt in range(self.config.validate_retries + 1):
+            try:
+                text = self._answer(msgs, s, attempt, res)
+            except Interrupted:
+                return None
+            except RetryableError as exc:
+                res.failure, res.error = exc.kind, str(exc)
+                res.retried += exc.retried
+                return res
+            reason = check(text, self.config.validate_)
+            if reason is None:
+                res.text = text
+                return res
+            res.rejections.append(reason)
+        res.error = f"invalid after {self.config.validate_retries + 1} attempts"
+        return res
+
+    def _answer(self, msgs: list[dict], s: int, attempt: int, res: JobResult) -> str:
+        # Each (sample, attempt) is its own cache entry: a re-ask after a bad answer is a new question.
+        key = cache_key(self.tcfg.kind, f"{self.tcfg.model}@{self.where}", self.params, msgs, s * 1000 + attempt)
+        hit = self.cache.get(key)
+        if hit is not None:
+            return hit["text"]
+        if self.stop.is_set():  # local teachers have no stop of their own: this is their check between requests
+            raise Interrupted("distill is stopping")
+        p = dict(self.params)
+        if attempt or s:  # vary the seed so a re-ask or a second sample can differ
+            p["seed"] = int(self.params.get("seed", 0)) + s * 1000 + attempt
+        ans = self.teacher.ask(msgs, p)
+        self.cache.put(key, {"text": ans.text, "prompt_tokens": ans.prompt_tokens,
+                             "completion_tokens": ans.completion_tokens})
+        res.fresh += 1
+        res.prompt_tokens += ans.prompt_tokens
+        res.completion_tokens += ans.completion_tokens
+        res.retried += ans.retried
+        return ans.text
+
+
+class _Workers:
+    """`n` daemon threads that take jobs until none is left or `stop` is set.
+
+    Not a ThreadPoolExecutor: leaving its block runs every job still queued (so Ctrl-C kept sending requests),
+    and its threads are joined at interpreter exit (so a second Ctrl-C could not leave at once)."""
+
+    def __init__(self, fn: Callable[[int, int], JobResult | None], jobs: list[tuple[int, int]], n: int,
+                 stop: threading.Event):
+        self._fn, self._stop = fn, stop
+        self._todo: queue.SimpleQueue = queue.SimpleQueue()
+        self._done: queue.SimpleQueue = queue.SimpleQueue()
+        for job in jobs:
+            self._todo.put(job)
+        self._threads = [threading.Thread(target=self._work, name=f"distill-{k}", daemon=True)
+                         for k in range(max(1, min(n, len(jobs))))]
+        for t in self._threads:
+            t.start()
+
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self._todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                self._done.put((None, self._fn(*job)))
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which re-raises it
+                self._stop.set()  # an error that ends the stage (a refused key, a bug): no worker asks further
+                self._done.put((exc, None))
+
+    def results(self) -> Iterator[JobResult | None]:
+        """Each job's result as it finishes; a worker's error is re-raised here. The main thread waits in short
+        slices, never in one unbounded wait, so a signal reaches it at once."""
+        while self.busy() or not self._done.empty():
+            try:
+                exc, res = self._done.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if exc is not None:
+                raise exc
+            yield res
+
+    def busy(self) -> int:
+        return sum(t.is_alive() for t in self._threads)
+
+    def wait(self, seconds: float) -> bool:
+        """Wait up to `seconds` for the workers to finish the request each is in; True when all have."""
+        deadline = time.monotonic() + seconds
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        return not self.busy()
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (kill, a scheduler, a container stop) stops distill as Ctrl-C does, keeping the answers in
+    flight; Python's default would end the process at once and lose them. Only the main thread may set it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _collect(workers: _Workers, total: int, ctx: StageContext, stop: threading.Event,
+             grace: float) -> list[JobResult]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    # A served teacher's port changes between runs: its cache entries are keyed by what is served instead.
-    where = f"serve:{tcfg.serve}" if tcfg.serve else tcfg.base_url or ""
-    cache = ResponseCache(ctx.cache / "distill_responses.sqlite")
-    teacher = make_teacher(tcfg)
-    counts: Counter = Counter()
-    usage = {"prompt_tokens": 0, "completion_tokens": 0}
-    failures: list[dict] = []
-    results: dict[tuple[int, int], str] = {}
-
-    def one(i: int, s: int) -> tuple[int, int, str | None, list[str], int, int, int, str | None]:
-        msgs = _full_messages(config, prompts[i][0], shots)
-        reasons: list[str] = []
-        tin = tout = fresh = 0
-        for attempt in range(config.validate_retries + 1):
-            # Each (sample, attempt) is its own cache entry: a re-ask after a bad answer is a new question.
-            key = cache_key(tcfg.kind, f"{tcfg.model}@{where}", params, msgs, s * 1000 + attempt)
-            hit = cache.get(key)
-            if hit is None:
-                p = dict(params)
-                if attempt or s:  # vary the seed so a re-ask or a second sample can differ
-                    p["seed"] = int(params.get("seed", 0)) + s * 1000 + attempt
-                try:
-                    ans: Answer = teacher.ask(msgs, p)
-                except RetryableError as exc:
-                    return i, s, None, reasons + ["request_failed"], tin, tout, fresh, str(exc)
-                hit = {"text": ans.text, "prompt_tokens": ans.prompt_tokens,
-                       "completion_tokens": ans.completion_tokens}
-                cache.put(key, hit)
-                fresh += 1
-                tin += ans.prompt_tokens
-                tout += ans.completion_tokens
-            reason = check(hit["text"], config.validate_)
-            if reason is None:
-                return i, s, hit["text"], reasons, tin, tout, fresh, None
-            reasons.append(reason)
-        return i, s, None, reasons, tin, tout, fresh, f"invalid after {config.validate_retries + 1} attempts"
-
-    jobs = [(i, s) for i in range(len(prompts)) for s in range(config.n)]
-    fresh_total = 0
+    results: list[JobResult] = []
     try:
         with Progress(TextColumn("distill"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=ctx.console, transient=True) as bar, \
-                ThreadPoolExecutor(max_workers=tcfg.concurrency) as pool:
-            task = bar.add_task("answers", total=len(jobs))
-            for fut in as_completed([pool.submit(one, i, s) for i, s in jobs]):
-                i, s, text, reasons, tin, tout, fresh, err = fut.result()
-                counts.update(reasons)
-                usage["prompt_tokens"] += tin
-                usage["completion_tokens"] += tout
-                fresh_total += fresh
-                if text is None:
-                    failures.append({"prompt": i, "sample": s, "reasons": reasons, "error": err})
-                else:
-                    results[(i, s)] = text
+                      console=ctx.console, transient=True) as bar:
+            task = bar.add_task("answers", total=total)
+            for res in workers.results():
+                if res is not None:
+                    results.append(res)
                 bar.advance(task)
-    finally:
-        teacher.close() if hasattr(teacher, "close") else None
-        cached_total = len(cache)
-        cache.close()
+    except BaseException as exc:
+        stop.set()  # from here on no new request is sent, and retry waits end
+        _let_in_flight_finish(workers, ctx, grace, interrupted=isinstance(exc, KeyboardInterrupt))
+        raise
+    return results
 
+
+def _let_in_flight_finish(workers: _Workers, ctx: StageContext, grace: float, interrupted: bool) -> None:
+    """Requests already sent are paid for: wait, at most `grace` seconds, for their answers to reach the cache.
+    A second Ctrl-C (or SIGTERM) raises out of this wait and leaves at once."""
+    busy = workers.busy()
+    if interrupted:
+        ctx.console.print(f"distill: interrupted: no new requests; waiting up to {grace:.0f}s for the {busy} in "
+                          "flight to be cached (interrupt again to leave now)")
+    elif busy:
+        ctx.console.print(f"distill: stopping: waiting up to {grace:.0f}s for the {busy} requests in flight")
+    if busy and not workers.wait(grace):
+        ctx.console.print(f"distill: {workers.busy()} requests still unanswered after {grace:.0f}s; leaving them")
+
+
+def _generate(config: DistillConfig, ctx: StageContext, tcfg: TeacherConfig, prompts: list, shots: list[FewShot],
+              params: dict[str, Any]) -> Outcome:
+    cache = ResponseCache(ctx.cache / "distill_responses.sqlite")
+    stop = threading.Event()
+    teacher = make_teacher(tcfg, stop)
+    jobs = [(i, s) for i in range(len(prompts)) for s in range(config.n)]
+    workers = None
+    try:
+        with _sigterm_as_interrupt():
+            workers = _Workers(_Asker(config, tcfg, prompts, shots, params, cache, teacher, stop), jobs,
+                               tcfg.concurrency, stop)
+            # An in-flight request ends within about its timeout, so that bounds the wait after an interrupt.
+            results = _collect(workers, len(jobs), ctx, stop, grace=tcfg.timeout)
+        cached_total = len(cache)
+    finally:
+        # A worker still in a request after the grace period keeps its teacher and cache: closing a model or a
+        # database under a running request could crash it, and the process is leaving anyway.
+        if workers is None or not workers.busy():
+            teacher.close() if hasattr(teacher, "close") else None
+            cache.close()
+    return _finish(config, ctx, tcfg, prompts, shots, results, cached_total)
+
+
+# ---------------------------------------------------------------- results
+
+def _kinds(counts: Counter) -> str:
+    return ", ".join(f"{k}: {n}" for k, n in counts.most_common())
+
+
+def _finish(config: DistillConfig, ctx: StageContext, tcfg: TeacherConfig, prompts: list, shots: list[FewShot],
+            results: list[JobResult], cached_total: int) -> Outcome:
+    results.sort(key=lambda r: (r.prompt, r.sample))
+    answered = [r for r in results if r.text is not None]
+    report = _report(config, tcfg, len(prompts), results, cached_total)
+    # Written before the checks below, so that a failed stage's folder says why it failed.
+    (ctx.out / "report.json").write_text(json.dumps(report, indent=2))
+    _check_failure_budget(config, Counter(report["request_failures"]), report["samples"])
+    if not answered:
+        raise SlmkitError(f"distill: the teacher produced no usable answer for {len(prompts)} prompts "
+                          f"(reasons: {report['rejections'] or report['failures'][:1]})")
     records = []
-    for (i, _sample), text in sorted(results.items()):
-        msgs, extra = prompts[i]
-        records.append({**extra, "messages": _full_messages(config, msgs, shots, config.train_context) + [{"role": "assistant", "content": text}]})
+    for r in answered:
+        msgs, extra = prompts[r.prompt]
+        turns = _full_messages(config, msgs, shots, config.train_context)
+        records.append({**extra, "messages": turns + [{"role": "assistant", "content": r.text}]})
     if config.mode == "logits":
         from slmkit.pipelines.distill_logits import add_teacher_topk
 
         add_teacher_topk(records, tcfg, config, ctx)
-    if not records:
-        raise SlmkitError(f"distill: the teacher produced no usable answer for {len(prompts)} prompts "
-                          f"(reasons: {dict(counts) or failures[:1]})")
+    _write_jsonl(ctx.out / "train.jsonl", records)
+    cost = _cost(tcfg, report["usage"]["prompt_tokens"], report["usage"]["completion_tokens"])
+    ctx.console.print(_summary(report, cost))
+    return Outcome(outputs={"train": "train.jsonl", "report": "report.json"},
+                   metrics={k: report[k] for k in ("answered", "dropped", "failed", "requests_new")}
+                   | report["usage"] | {"cost_usd": cost})
 
-    tmp = ctx.out / "train.jsonl.part"
+
+def _report(config: DistillConfig, tcfg: TeacherConfig, n_prompts: int, results: list[JobResult],
+            cached_total: int) -> dict:
+    """report.json: what was kept, what validation dropped (by reason), what the teacher failed to answer (by
+    kind of failure), the failed attempts retried on the way (by kind), usage and cost."""
+    failed = Counter(r.failure for r in results if r.failure)
+    n_answered = sum(r.text is not None for r in results)
+    usage = {"prompt_tokens": sum(r.prompt_tokens for r in results),
+             "completion_tokens": sum(r.completion_tokens for r in results)}
+    cost = _cost(tcfg, usage["prompt_tokens"], usage["completion_tokens"])
+    return {
+        "teacher": {"kind": tcfg.kind, "model": tcfg.model, "base_url": tcfg.base_url, "served": tcfg.serve},  # never the key
+        "mode": config.mode, "prompts": n_prompts, "samples": n_prompts * config.n, "answered": n_answered,
+        "dropped": len(results) - n_answered - sum(failed.values()),  # no valid answer after every re-ask
+        "failed": sum(failed.values()),
+        "rejections": dict(Counter(reason for r in results for reason in r.rejections)),
+        "request_failures": dict(failed), "retried": dict(Counter(k for r in results for k in r.retried)),
+        "max_failed_share": config.max_failed_share,
+        "failures": [{"prompt": r.prompt, "sample": r.sample, "reasons": r.rejections, "failure": r.failure,
+                      "error": r.error} for r in results if r.text is None][:50],
+        "requests_new": sum(r.fresh for r in results), "cache_entries": cached_total, "usage": usage,
+        "cost_usd": cost if cost is not None else "unknown (no prices in the teacher config)",
+    }
+
+
+def _summary(report: dict, cost: float | None) -> str:
+    notes = []
+    if report["dropped"]:
+        notes.append(f"{report['dropped']} dropped by validation ({_kinds(Counter(report['rejections']))})")
+    if report["failed"]:
+        notes.append(f"{report['failed']} not answered ({_kinds(Counter(report['request_failures']))}), within "
+                     "distill.max_failed_share")
+    return (f"distill: {report['answered']}/{report['samples']} answers kept, " + "".join(f"{n}, " for n in notes)
+            + f"{report['requests_new']} new requests, cost {'unknown' if cost is None else f'${cost:.4f}'}")
+
+
+def _write_jsonl(path: Path, records: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".part")  # renamed when complete: a kill never leaves half a file
     with tmp.open("w", encoding="utf-8") as f:
         for rec in records:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    tmp.rename(ctx.out / "train.jsonl")
-    cost = _cost(tcfg, usage["prompt_tokens"], usage["completion_tokens"])
-    report = {
-        "teacher": {"kind": tcfg.kind, "model": tcfg.model, "base_url": tcfg.base_url, "served": tcfg.serve},  # never the key
-        "mode": config.mode, "prompts": len(prompts), "samples": len(jobs), "answered": len(records),
-        "dropped": len(failures), "rejections": dict(counts), "failures": failures[:50],
-        "requests_new": fresh_total, "cache_entries": cached_total,
-        "usage": usage, "cost_usd": cost if cost is not None else "unknown (no prices in the teacher config)",
-    }
-    (ctx.out / "report.json").write_text(json.dumps(report, indent=2))
-    ctx.console.print(f"distill: {len(records)}/{len(jobs)} answers kept, {fresh_total} new requests, "
-                      f"cost {'unknown' if cost is None else f'${cost:.4f}'}")
-    return Outcome(outputs={"train": "train.jsonl", "report": "report.json"},
-                   metrics={"answered": len(records), "dropped": len(failures), "requests_new": fresh_total,
-                            **usage, "cost_usd": cost})
+    tmp.rename(path)
+
+
+def _check_failure_budget(config: DistillConfig, failed: Counter, total: int) -> None:
+    """Answers the teacher failed to give (not ones validation refused) fail the stage beyond the budget; they
+    are not cached, so a rerun asks exactly those again."""
+    n = sum(failed.values())
+    if n / total <= config.max_failed_share:
+        return
+    raise StageFailed(f"distill: the teacher failed to answer {n} of {total} requests ({_kinds(failed)}), "
+                      f"{n / total:.0%} against distill.max_failed_share = {config.max_failed_share:g}. Every answer "
+                      f"received is cached: a rerun asks only the {n} that failed (or raise "
+                      "distill.max_failed_share to accept the loss)")

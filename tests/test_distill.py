@@ -1,12 +1,17 @@
 """distill against a real OpenAI-compatible server on loopback serving the real SmolLM2 GGUF, through a fault
-proxy that counts every request and can answer 500, 429 + Retry-After, garbage JSON, or stall."""
+proxy that counts every request and can answer 500, 429 + Retry-After, garbage JSON, reset the connection, or
+hold a request. The faults themselves (failure budget, kinds, interrupts, retry waits) are in
+test_distill_faults.py, which uses this proxy."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
+import socket
 import sqlite3
+import struct
 import subprocess
 import sys
 import threading
@@ -18,7 +23,7 @@ import httpx
 import pytest
 from rich.console import Console
 from slmkit.pipelines import distill
-from slmkit.pipelines.errors import SlmkitError
+from slmkit.pipelines.errors import SlmkitError, StageFailed
 from slmkit.pipelines.serve import free_port, serve_gguf
 from slmkit.pipelines.stage import StageContext
 
@@ -28,13 +33,19 @@ pytestmark = pytest.mark.skipif(not GGUF.is_file(), reason="SmolLM2 GGUF not ins
 
 
 class Proxy:
-    """Forwards to the real server; `faults` is consumed one per request ('500', '429', 'garbage', 'stall',
-    'block'); counts answered bodies so repeats can be seen."""
+    """Forwards to the real server and counts requests. `faults` is consumed one per request: 'ok' (none), '500',
+    '429' (Retry-After 0.3 s), '429-day' (Retry-After one day), 'garbage', 'empty' (a valid body with no text),
+    'reset' (TCP RST), '401', or 'stall'
+    (held until `release` is set, then closed unanswered). With `block` set, requests are held unanswered (for
+    kills); with `hold` set, they are held until `release`, then answered. `answered` counts delivered answers
+    per prompt so that repeats can be seen; `delay` slows every answer (a loaded machine); `keepalive` sends
+    answers as a trickle that starts at once, so that a short client timeout can only fire on a stall."""
 
     def __init__(self, upstream: str):
         self.upstream, self.faults, self.lock = upstream, [], threading.Lock()
-        self.requests, self.answered, self.active = 0, {}, 0
-        self.block = threading.Event()
+        self.requests, self.answered, self.active, self.held = 0, {}, 0, 0
+        self.block, self.hold, self.release = threading.Event(), threading.Event(), threading.Event()
+        self.delay, self.keepalive, self.closed = 0.0, False, False
         proxy = self
 
         class H(BaseHTTPRequestHandler):
@@ -51,6 +62,44 @@ class Proxy:
                 self.end_headers()
                 self.wfile.write(data)
 
+            def _upstream(self, body: bytes) -> httpx.Response:
+                return httpx.post(proxy.upstream + self.path.removeprefix("/v1"), content=body,
+                                  headers={"Content-Type": "application/json"}, timeout=120)
+
+            def _forward(self, body: bytes):
+                r = self._upstream(body)
+                self._send(r.status_code, r.content, [("Content-Type", "application/json")])
+
+            def _forward_keepalive(self, body: bytes):
+                """200 at once, then a space every 0.1 s while the server answers (JSON allows leading
+                whitespace): a client's short read timeout then fires on a stall, never on a slow answer."""
+                box: dict = {}
+                t = threading.Thread(target=lambda: box.update(r=self._upstream(body)), daemon=True)
+                t.start()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                while t.is_alive():
+                    self._chunk(b" ")
+                    t.join(0.1)
+                self._chunk(box["r"].content)
+                self._chunk(b"")  # the zero-length chunk that ends the body
+
+            def _chunk(self, data: bytes):
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+
+            def _reset(self):
+                # SO_LINGER 0: closing sends a TCP RST instead of a FIN, as a crashed or overloaded server does.
+                # Closed here, file objects first (they hold the socket open): socketserver would send a FIN first.
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.close_connection = True
+                self.rfile.close()
+                self.wfile.close()
+                self.connection.close()
+                self.rfile, self.wfile = io.BytesIO(), io.BytesIO()  # what the handler flushes and closes afterwards
+
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 with proxy.lock:
@@ -58,25 +107,42 @@ class Proxy:
                     fault = proxy.faults.pop(0) if proxy.faults else None
                 if fault == "500":
                     return self._send(500, b'{"error": "boom"}')
-                if fault == "429":
-                    return self._send(429, b'{"error": "slow down"}', [("Retry-After", "0.3")])
+                if fault in ("429", "429-day"):
+                    wait = "0.3" if fault == "429" else "86400"
+                    return self._send(429, b'{"error": "slow down"}', [("Retry-After", wait)])
                 if fault == "garbage":
                     return self._send(200, b'{"choices": [nonsense')
-                if fault == "stall":
-                    time.sleep(2.5)
+                if fault == "empty":  # a well-formed answer that validation refuses (too short)
+                    return self._send(200, json.dumps({
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": ""},
+                                     "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 0}}).encode(),
+                        [("Content-Type", "application/json")])
+                if fault == "reset":
+                    return self._reset()
                 if fault == "401":
                     return self._send(401, b'{"error": "bad key"}')
+                if fault == "stall":  # far longer than any client timeout a test sets: no race with its speed
+                    proxy.release.wait(300)
+                    self.close_connection = True
+                    return
+                if proxy.hold.is_set():
+                    with proxy.lock:
+                        proxy.held += 1
+                    proxy.release.wait(300)
+                    if proxy.closed:
+                        return
                 with proxy.lock:  # checked and counted in one step: `active` then covers every request let through
                     blocked = proxy.block.is_set()
                     proxy.active += not blocked
                 if blocked:
-                    time.sleep(30)  # held until the client is killed
+                    proxy.release.wait(300)  # held until the client is killed
+                    self.close_connection = True
                     return
                 try:
-                    r = httpx.post(proxy.upstream + self.path.removeprefix("/v1"), content=body,
-                                   headers={"Content-Type": "application/json"}, timeout=60)
+                    time.sleep(proxy.delay)
                     try:
-                        self._send(r.status_code, r.content, [("Content-Type", "application/json")])
+                        (self._forward_keepalive if proxy.keepalive else self._forward)(body)
                     except OSError:
                         return  # the client is gone: it never received this answer
                     with proxy.lock:  # counted only once delivered
@@ -93,6 +159,8 @@ class Proxy:
         self.url = f"http://127.0.0.1:{self.port}/v1"
 
     def close(self):
+        self.closed = True
+        self.release.set()  # held requests end unanswered
         self.server.shutdown()
         self.server.server_close()
 
@@ -124,15 +192,17 @@ def _ctx(tmp_path: Path, name: str = "out") -> StageContext:
                         fingerprint="test", console=Console(quiet=True))
 
 
-def _config(url: str, prompts: Path, **teacher) -> distill.DistillConfig:
-    t = {"kind": "openai", "model": MODEL, "base_url": url, "concurrency": 2, "timeout": 1.5, "retries": 4,
+def _config(url: str, prompts: Path, *, distill_keys: dict | None = None, **teacher) -> distill.DistillConfig:
+    # A generous timeout: an answer slowed by a loaded machine must not time out, be retried and be counted as
+    # a second request. Only the test of a stall sets a short one, against a stall that never ends by itself.
+    t = {"kind": "openai", "model": MODEL, "base_url": url, "concurrency": 2, "timeout": 60, "retries": 4,
          "backoff": 0.05, **teacher}
-    return distill.DistillConfig.model_validate({"teacher": t, "prompts": prompts, "max_tokens": 4})
+    return distill.DistillConfig.model_validate({"teacher": t, "prompts": prompts, "max_tokens": 4,
+                                                 **(distill_keys or {})})
 
 
 def test_generate_dataset_and_rerun_asks_nothing(tmp_path, proxy):
-    # A generous timeout: a slow answer on a loaded machine would be retried and counted as a second request.
-    cfg = _config(proxy.url, _prompts(tmp_path, 4), timeout=60)
+    cfg = _config(proxy.url, _prompts(tmp_path, 4))
     res = distill.run(cfg, _ctx(tmp_path))
     rows = [json.loads(x) for x in (tmp_path / "out/train.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and [r["id"] for r in rows] == [0, 1, 2, 3]
@@ -145,20 +215,44 @@ def test_generate_dataset_and_rerun_asks_nothing(tmp_path, proxy):
 
 
 def test_faults_are_survived(tmp_path, proxy):
-    proxy.faults = ["500", "429", "garbage", "stall"]
-    cfg = _config(proxy.url, _prompts(tmp_path, 3), concurrency=1, price_input_per_1m=1.0, price_output_per_1m=2.0)
+    proxy.faults = ["500", "429", "garbage", "reset", "stall"]
+    # The stall is held until the test ends, so it times out at 3 s whatever the machine's speed; a real answer
+    # trickles in from its first moment (keepalive), so however slow the machine it never times out.
+    proxy.keepalive = True
+    cfg = _config(proxy.url, _prompts(tmp_path, 3), concurrency=1, timeout=3, retries=5, price_input_per_1m=1.0,
+                  price_output_per_1m=2.0)
     res = distill.run(cfg, _ctx(tmp_path))
-    assert res.metrics["answered"] == 3 and res.metrics["dropped"] == 0
-    assert proxy.requests == 3 + 4  # each fault cost exactly one extra request
+    assert res.metrics["answered"] == 3 and res.metrics["dropped"] == 0 and res.metrics["failed"] == 0
+    assert proxy.requests == 3 + 5  # each fault cost exactly one extra request
     assert isinstance(res.metrics["cost_usd"], float) and res.metrics["cost_usd"] > 0
-
-
-def test_persistent_failure_is_reported_not_fatal(tmp_path, proxy):
-    proxy.faults = ["500"] * 3
-    cfg = _config(proxy.url, _prompts(tmp_path, 2), concurrency=1, retries=2)
-    res = distill.run(cfg, _ctx(tmp_path))
     report = json.loads((tmp_path / "out/report.json").read_text())
-    assert res.metrics["answered"] == 1 and report["rejections"] == {"request_failed": 1}
+    assert report["retried"] == {"http_500": 1, "http_429": 1, "malformed_body": 1, "connection_reset": 1,
+                                 "timeout": 1}
+
+
+def test_persistent_failure_fails_the_stage_unless_budgeted(tmp_path, proxy):
+    prompts = _prompts(tmp_path, 2)
+    proxy.faults = ["500"] * 3  # the first prompt's request and both its retries
+    with pytest.raises(StageFailed, match=r"1 of 2 requests \(http_500: 1\).*max_failed_share") as err:
+        distill.run(_config(proxy.url, prompts, concurrency=1, retries=2), _ctx(tmp_path))
+    assert "rerun asks only the 1" in str(err.value)
+    report = json.loads((tmp_path / "out/report.json").read_text())
+    assert report["request_failures"] == {"http_500": 1} and report["rejections"] == {}
+    assert report["failures"][0]["failure"] == "http_500"
+    assert not (tmp_path / "out/train.jsonl").exists()
+
+    proxy.faults = ["500"] * 3  # it fails again; with a budget of half the answers, the stage passes
+    res = distill.run(_config(proxy.url, prompts, concurrency=1, retries=2, distill_keys={"max_failed_share": 0.5}),
+                      _ctx(tmp_path, "budgeted"))
+    assert res.metrics["answered"] == 1 and res.metrics["failed"] == 1 and res.metrics["dropped"] == 0
+    assert proxy.requests == 3 + 1 + 3  # the second prompt's answer came from the cache
+
+
+def test_slow_answers_are_asked_once(tmp_path, proxy):
+    # A loaded machine, played by the proxy: each answer takes longer than the 1.5 s timeout the tests once had.
+    proxy.delay = 2.0
+    res = distill.run(_config(proxy.url, _prompts(tmp_path, 1)), _ctx(tmp_path))
+    assert res.metrics["answered"] == 1 and proxy.requests == 1
 
 
 def test_refused_key_names_the_variable_not_the_key(tmp_path, proxy, monkeypatch):
@@ -274,6 +368,26 @@ def test_gguf_teacher_in_process(tmp_path):
     cfg = distill.DistillConfig.model_validate({"teacher": f"gguf:{GGUF}", "prompts": p, "max_tokens": 4})
     res = distill.run(cfg, _ctx(tmp_path))
     assert res.metrics["answered"] == 1 and res.metrics["completion_tokens"] > 0
+
+
+def test_gguf_teacher_answer_does_not_depend_on_earlier_requests():
+    """Issue 13: llama.cpp reused the previous prompt's KV cache, and greedy answers changed with what came before
+    (which prompt shows it depends on the build's kernels: here 'Name a colour.' asked again, elsewhere 'Say
+    hello.')."""
+    from slmkit.pipelines.teachers import GGUFTeacher, parse_spec
+
+    # One thread: the suite shares the machine, where llama.cpp's spinning threads slow each other many times over.
+    teacher = GGUFTeacher(parse_spec(f"gguf:{GGUF}"), n_threads=1)
+    a, b, c = ([{"role": "user", "content": q}] for q in ("Name a colour.", "Say hello.", "Count to three."))
+    order = [a, a, a, b, b, c, c, b, a]  # the same request 3 times; then a, b, c and c, b, a; each after itself
+    try:
+        texts = [teacher.ask(m, {"temperature": 0.0, "max_tokens": 16}).text for m in order]
+    finally:
+        teacher.close()
+    answers: dict[str, set[str]] = {}
+    for m, text in zip(order, texts, strict=True):
+        answers.setdefault(m[0]["content"], set()).add(text)
+    assert all(len(v) == 1 for v in answers.values()) and all(texts), answers
 
 
 def test_validators_name_each_reason():
