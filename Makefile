@@ -4,15 +4,28 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-slow demo reproduce bench bench-all bench-curate bench-distill bench-finetune bench-quantize bench-quantize-reference lint clean
+.PHONY: setup test test-slow demo reproduce bench bench-all bench-curate bench-distill bench-faults bench-finetune bench-serve bench-quantize bench-quantize-reference lint clean
 
 setup: $(STAMP)
 
+# llama-cpp-python compiles llama.cpp with -march=native, which on a CPU with AMX builds the AMX kernels; they
+# crash (SIGSEGV in ggml_backend_amx_mul_mat) on machines of this kind that advertise AMX. GCC lets an explicit
+# -mno-* win over -march=native, so the build keeps every other native instruction set. x86-64 only.
+ifeq ($(shell uname -m),x86_64)
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_CMAKE_ARGS := -DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)'
+endif
+
 # Re-installs when pyproject.toml changes. torch is pinned to the CPU build that pip finds on these machines.
-$(STAMP): pyproject.toml
+# A llama-cpp-python wheel taken from pip's cache may have been built with AMX: the check rebuilds it then.
+$(STAMP): pyproject.toml scripts/check_llama_cpp.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[all]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -q -e '.[all]'
+	$(BIN)/python scripts/check_llama_cpp.py || { $(BIN)/python -m pip cache remove llama_cpp_python; \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -q --force-reinstall --no-deps \
+	    "llama-cpp-python==$$($(BIN)/python -c 'import llama_cpp; print(llama_cpp.__version__)')" \
+	  && $(BIN)/python scripts/check_llama_cpp.py; }
 	touch $(STAMP)
 
 test: setup
@@ -48,6 +61,15 @@ bench-curate: setup
 
 bench-distill: setup
 	$(BIN)/python scripts/bench_distill.py
+
+# distill against a proxy that faults a quarter of the teacher's requests, killed twice and resumed: answers
+# lost, answers paid for twice, and the wall time against a fault-free run (bench-results/faults.json).
+bench-faults: setup
+	$(BIN)/python scripts/bench_faults.py
+
+# slmkit serve's time to first token with and without --prompt-cache, interleaved (bench-results/serve.json).
+bench-serve: setup
+	$(BIN)/python scripts/bench_serve.py
 
 bench-finetune: setup
 	$(BIN)/python scripts/bench_finetune.py
