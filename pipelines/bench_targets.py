@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, model_validator
 from slmkit.pipelines import secrets
 from slmkit.pipelines.threads import usable_cores
 from slmkit.pipelines.types import InputPath, StrictModel
@@ -36,8 +36,8 @@ class TargetConfig(StrictModel):
                                                 "id; gguf: a known model, exported once to an F16 GGUF (cached)")
     from_: str | None = Field(None, alias="from", description="STAGE.KEY: the path is that upstream output "
                                                               "(e.g. quantize.Q4_K_M, merge.model)")
-    base_url: str | None = None
-    api_key_env: str | None = Field(None, description="openai: the environment variable holding the endpoint's "
+    base_url: secrets.EndpointURL | None = None
+    api_key_env: secrets.EnvVarName | None = Field(None, description="openai: the environment variable holding the endpoint's "
                                                       "key, sent as a Bearer token (unset: no key is sent)")
     api: Literal["chat", "completions"] = "chat"
     few_shot: InputPath | None = Field(None, description="JSONL of {prompt, response} pairs put before each prompt")
@@ -63,22 +63,6 @@ class TargetConfig(StrictModel):
     @classmethod
     def _from_spec(cls, value: Any) -> Any:
         return parse_spec(value) if isinstance(value, str) else value
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _env_name(cls, value: str | None) -> str | None:
-        problem = None if value is None else secrets.env_name_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
-
-    @field_validator("base_url")
-    @classmethod
-    def _no_credentials(cls, value: str | None) -> str | None:
-        problem = None if value is None else secrets.url_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
 
     @model_validator(mode="after")
     def _consistent(self):

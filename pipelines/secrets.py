@@ -21,8 +21,10 @@ import ipaddress
 import logging
 import os
 import re
+from typing import Annotated
 from urllib.parse import parse_qsl, urlsplit
 
+from pydantic import AfterValidator
 from slmkit.pipelines.errors import SlmkitError
 
 log = logging.getLogger("slmkit")
@@ -137,3 +139,17 @@ def key_for(config_env: str | None, base_url: str | None, where: str) -> str | N
             log.warning("warning: %s; calling %s (loopback) without a key", message, shown)
         return None
     raise SlmkitError(f"{message} (export it, or remove `api_key_env` if {shown} needs no key)")
+
+
+def _checked(problem_of):
+    def check(value: str) -> str:
+        problem = problem_of(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+    return check
+
+
+# Config field types, one rule for every endpoint config (bench targets, teachers, what comes later).
+EnvVarName = Annotated[str, AfterValidator(_checked(env_name_problem))]  # a variable's name, never a key
+EndpointURL = Annotated[str, AfterValidator(_checked(url_problem))]  # no credentials in the URL

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import AfterValidator, ConfigDict, Discriminator, Field, Tag, model_validator
 from slmkit.pipelines import secrets
 from slmkit.pipelines.errors import SlmkitError
 from slmkit.pipelines.types import StrictModel
@@ -28,12 +28,12 @@ class TeacherConfig(StrictModel):
     kind: Literal["openai", "hf", "gguf"]
     model: str | None = Field(None, description="model name at the endpoint, or a local path for hf/gguf "
                                                 "(with `serve`: the served file's stem)")
-    base_url: str | None = None
+    base_url: secrets.EndpointURL | None = None
     serve: str | None = Field(None, description="openai only: serve this GGUF file or known model on loopback "
                                                 "for the stage instead of calling base_url")
     delay_ms: int = Field(0, ge=0, description="with `serve`: added latency per request (a network stand-in)")
     serve_threads: int | None = Field(None, gt=0, description="with `serve`: llama.cpp threads (default: all cores)")
-    api_key_env: str | None = Field(None, description="openai: the environment variable holding the endpoint's key, "
+    api_key_env: secrets.EnvVarName | None = Field(None, description="openai: the environment variable holding the endpoint's key, "
                                                       "sent as a Bearer token (unset: no key is sent)")
     api: Literal["chat", "completions"] = "chat"
     price_input_per_1m: float | None = Field(None, ge=0)
@@ -44,22 +44,6 @@ class TeacherConfig(StrictModel):
     backoff: float = Field(0.5, ge=0, description="first retry delay in seconds; doubles each time, with jitter")
     max_retry_wait: float = Field(60.0, ge=0, description="longest wait before a retry in seconds, whatever the "
                                                           "backoff or a server's Retry-After asks for")
-
-    @field_validator("api_key_env")
-    @classmethod
-    def _env_name(cls, value: str | None) -> str | None:
-        problem = None if value is None else secrets.env_name_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
-
-    @field_validator("base_url")
-    @classmethod
-    def _no_credentials(cls, value: str | None) -> str | None:
-        problem = None if value is None else secrets.url_problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
 
     @model_validator(mode="after")
     def _where(self):
