@@ -156,3 +156,25 @@ def test_check_rejects_unknown_figures():
         bench_check.check(result, {"targets": {"a": {"speed": 3}}})
     missing = bench_check.check(result, {"targets": {"b": {"quality": 0.5}}})
     assert len(missing) == 1 and not missing[0].ok
+
+
+def test_an_lm_eval_figure_holds_within_two_standard_errors_or_quality_abs():
+    def result(acc, stderr):
+        return {"baseline": "a", "targets": [{"label": "a", "status": "ok", "quality": 0.5,
+                                              "lm_eval": {"t": {"acc": acc, "acc_stderr": stderr}}}]}
+
+    reported = {"tolerances": {"quality_abs": 0.05}, "targets": {"a": {"lm_eval:t:acc": 0.75}}}
+    # 40 items at p=0.75: s.e. 0.0685, so three items either way (0.075) is within 2 s.e. (0.137) ...
+    (c,) = bench_check.check(result(0.825, 0.0685), reported)
+    assert c.ok and c.tolerance == "± 0.137 (2 s.e.)"
+    (c,) = bench_check.check(result(0.6, 0.0685), reported)  # ... and six (0.15) is not
+    assert not c.ok
+    # A precise figure (s.e. 0.01) is held to quality_abs, never to less.
+    (c,) = bench_check.check(result(0.81, 0.01), reported)
+    assert not c.ok and c.tolerance == "± 0.05"
+    (c,) = bench_check.check(result(0.79, 0.01), reported)
+    assert c.ok
+    # No standard error recorded: quality_abs.
+    bare = {"baseline": "a", "targets": [{"label": "a", "status": "ok", "lm_eval": {"t": {"acc": 0.85}}}]}
+    (c,) = bench_check.check(bare, reported)
+    assert not c.ok and c.tolerance == "± 0.05"

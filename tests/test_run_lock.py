@@ -59,10 +59,18 @@ def setup_run(tmp_path: Path) -> tuple[Path, Path, Path]:
     return driver, recipe, tmp_path / "runs"
 
 
+def _as_from_a_terminal() -> None:
+    # A job started in the background by a shell (`make test &`, nohup, a CI runner) inherits SIGINT ignored, and
+    # Python then installs no Ctrl-C handler: the signal would be dropped, as the shell intends for background
+    # jobs. The run under test is the foreground program a user presses Ctrl-C in, so it starts with the default.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(driver: Path, recipe: Path, runs: Path, *overrides: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(driver), "run", str(recipe), *overrides, "--runs-dir", str(runs)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=recipe.parent,
-                            env={**os.environ, "COLUMNS": "1000"})  # Rich wraps at the terminal's width
+                            env={**os.environ, "COLUMNS": "1000"},  # Rich wraps at the terminal's width
+                            preexec_fn=_as_from_a_terminal)
 
 
 def wait_started(proc: subprocess.Popen, marker: Path) -> None:
