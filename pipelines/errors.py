@@ -21,14 +21,5 @@ class RecipeError(SlmkitError):
         super().__init__(f"{source}: {len(problems)} problem(s)\n{lines}")
 
 
-class NotBuiltError(SlmkitError):
-    """A stage whose implementation has not landed yet. Said plainly, so nothing pretends to work."""
-
-    exit_code = 3
-
-    def __init__(self, stage: str):
-        super().__init__(f"the '{stage}' stage is not built yet in this version of slmkit")
-
-
 class StageFailed(SlmkitError):
     """A stage ran and its own checks failed (e.g. a quality-retention bound); the figures are in the message."""

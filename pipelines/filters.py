@@ -640,15 +640,6 @@ def run_pii(cfg: PiiFilter, records: list[dict[str, Any]], env: Env) -> FilterRe
 # ---------------------------------------------------------------- decontamination
 
 
-def word_ngrams(text: str, n: int) -> set[tuple[str, ...]]:
-    words = _WORD.findall(text.casefold())
-    if not words:
-        return set()
-    if len(words) < n:  # a short item is one gram: all of it must appear
-        return {tuple(words)}
-    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
-
-
 def _gram_list(text: str, n: int) -> list[tuple[str, ...]]:
     words = _WORD.findall(text.casefold())
     return [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]

@@ -105,30 +105,3 @@ def teacher_topk_from_logits(logits, k: int):
     lp = torch.log_softmax(logits.float(), dim=-1)
     vals, ids = lp.topk(k, dim=-1)
     return ids.cpu().numpy(), vals.cpu().numpy()
-
-
-def student_from_teacher(teacher_path, out_path, keep: list[int] | None = None, every: int = 2):
-    """Build a smaller student that shares the teacher's tokenizer by keeping a subset of its decoder layers
-    (default every other one, always including the last, which sits next to the output head)."""
-    from pathlib import Path
-
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model = AutoModelForCausalLM.from_pretrained(teacher_path, dtype=torch.float32)
-    layers = model.model.layers
-    n = len(layers)
-    keep = sorted(set(keep if keep is not None else list(range(0, n, every)) + [n - 1]))
-    if not keep or keep[0] < 0 or keep[-1] >= n:
-        raise SlmkitError(f"student_from_teacher: layer indices {keep} outside 0..{n - 1}")
-    model.model.layers = torch.nn.ModuleList(layers[i] for i in keep)
-    for new_idx, layer in enumerate(model.model.layers):
-        if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "layer_idx"):
-            layer.self_attn.layer_idx = new_idx  # the KV cache is indexed by position in the stack
-    model.config.num_hidden_layers = len(keep)
-    if getattr(model.config, "layer_types", None):
-        model.config.layer_types = [model.config.layer_types[i] for i in keep]
-    Path(out_path).mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out_path)
-    AutoTokenizer.from_pretrained(teacher_path).save_pretrained(out_path)
-    return Path(out_path)

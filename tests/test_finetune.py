@@ -13,6 +13,7 @@ from slmkit.pipelines.errors import SlmkitError
 from slmkit.pipelines.finetune import FinetuneConfig, train
 from slmkit.pipelines.sft_trainer import StopAfter
 from slmkit.pipelines.stage import StageContext
+from transformers import TrainerCallback
 
 
 def write_data(path: Path, n: int = 12) -> Path:
@@ -99,13 +100,33 @@ def test_best_adapter_is_kept_by_eval_loss(tiny_model_dir, tmp_path):
     assert outcome.metrics["kept_step"] == min(evals, key=evals.get)
 
 
+class LinearLayers(TrainerCallback):
+    """Records, when training starts, the class of every base linear layer of the model being trained and of its
+    weight (the LoRA A/B matrices and the lm_head, which QLoRA keeps in full precision, left out)."""
+
+    def __init__(self):
+        self.layers: dict[str, tuple[type, type]] = {}
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and "lora_" not in name and not name.endswith("lm_head"):
+                self.layers[name] = (type(module), type(module.weight))
+
+
 def test_qlora_runs_on_cpu(tiny_model_dir, tmp_path):
-    pytest.importorskip("bitsandbytes")
+    bnb = pytest.importorskip("bitsandbytes")
     data = write_data(tmp_path / "d.jsonl", 6)
     out = tmp_path / "out"
+    seen = LinearLayers()
     outcome = train(config(tiny_model_dir, data, method="qlora", max_steps=3, save_every=3, eval_fraction=0.0),
-                    make_ctx(out))
+                    make_ctx(out), callbacks=[seen])
     assert outcome.metrics["steps"] == 3 and outcome.metrics["final_loss"] == outcome.metrics["final_loss"]
+    # The base really is 4-bit: every projection of the 2 decoder layers (q, k, v, o, gate, up, down) is a
+    # bitsandbytes Linear4bit holding Params4bit weights; under method=lora they are plain nn.Linear.
+    assert len(seen.layers) == 2 * 7, sorted(seen.layers)
+    not_4bit = {n: f"{m.__name__}/{w.__name__}" for n, (m, w) in seen.layers.items()
+                if (m, w) != (bnb.nn.Linear4bit, bnb.nn.Params4bit)}
+    assert not not_4bit, f"base layers not loaded in 4-bit: {not_4bit}"
     cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert cfg["r"] == 4
 
