@@ -11,9 +11,6 @@ without lm-eval's built-in hub tasks) or paths to task YAMLs. In those YAMLs, re
 registered as "slmkit-gguf" that drives llama-cpp-python in-process (lm-eval's own "gguf" model talks to a
 server and has no rolling log-likelihood). It shares lm-eval's `TemplateLM` tokenisation rules with HFLM, so
 the two kinds score the same text as the same tokens and give the same log-likelihoods for the same weights.
-
-`loglik_choices(kind, path, context, choices)` scores a few continuations directly, for multiple-choice
-domain tasks outside lm-eval; it keeps the last model it loaded.
 """
 
 from __future__ import annotations
@@ -27,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
+from slmkit.pipelines.backends import llama_adapter
 from slmkit.pipelines.errors import SlmkitError
 from slmkit.pipelines.threads import usable_cores
 
@@ -55,21 +53,18 @@ class SlmkitGGUFLM(TemplateLM):
     def __init__(self, path: str | Path, n_ctx: int = 1024, n_threads: int | None = None,
                  max_gen_toks: int = 256, add_bos_token: bool | None = None, **_: Any) -> None:
         super().__init__()
-        from llama_cpp import Llama
-
         self.path = path = Path(path)
-        if not path.is_file():
-            raise SlmkitError(f"lm-eval gguf target: no GGUF file at {path}")
+        what = "lm-eval gguf target"
         threads = int(n_threads or usable_cores())
-        self.llm = Llama(model_path=str(path), n_ctx=int(n_ctx), n_threads=threads, logits_all=True, verbose=False)
-        trained = self.llm._model.n_ctx_train()
+        self.llm = llama_adapter.open_llama(path, n_ctx, threads, logits_all=True, what=what)
+        trained = llama_adapter.n_ctx_train(self.llm)
         if 0 < trained < int(n_ctx):  # as HFLM: never longer than the model was trained for (same truncation)
             self.llm.close()
-            self.llm = Llama(model_path=str(path), n_ctx=trained, n_threads=threads, logits_all=True, verbose=False)
+            self.llm = llama_adapter.open_llama(path, trained, threads, logits_all=True, what=what)
         self._max_gen_toks = int(max_gen_toks)
         self._context: list[int] | None = None  # the context last prefilled from scratch (see _logprobs_at)
         # As HFLM: None means "what the tokenizer does by default", which the GGUF records at conversion.
-        self.add_bos_token = self.llm._model.add_bos_token() if add_bos_token is None else bool(add_bos_token)
+        self.add_bos_token = llama_adapter.adds_bos(self.llm) if add_bos_token is None else bool(add_bos_token)
 
     # -- what TemplateLM needs ------------------------------------------------------------------------
     @property
@@ -115,16 +110,14 @@ class SlmkitGGUFLM(TemplateLM):
         renderer llama-cpp-python uses for chat requests). lm-eval passes add_generation_prompt=False when
         the last message is the start of the assistant's answer (`gen_prefix`): that answer is left open, as
         transformers' continue_final_message leaves it."""
-        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
-
         if self.template is None:
             raise SlmkitError(f"lm-eval gguf target {self.path}: no chat template in the GGUF")
         tok = lambda i: self.llm.detokenize([i], special=True).decode(errors="ignore") if i >= 0 else ""  # noqa: E731
         history, prefix = list(chat_history), ""
         if not add_generation_prompt and history and history[-1]["role"] == "assistant":
             prefix = history.pop()["content"]
-        render = Jinja2ChatFormatter(self.template, eos_token=tok(self.llm.token_eos()),
-                                     bos_token=tok(self.llm.token_bos()), add_generation_prompt=True)
+        render = llama_adapter.chat_formatter(self.template, eos_token=tok(self.llm.token_eos()),
+                                              bos_token=tok(self.llm.token_bos()))
         return render(messages=history).prompt + prefix
 
     # -- scoring ------------------------------------------------------------------------------------------
@@ -144,10 +137,10 @@ class SlmkitGGUFLM(TemplateLM):
             llm.reset()
             llm.eval(context)
             self._context = context
-        llm.n_tokens = len(context)  # forget the previous continuation; the context's logits stay in scores
+        llama_adapter.rewind(llm, len(context))  # forget the previous continuation; the context's logits stay
         if len(tokens) > len(context):
             llm.eval(tokens[len(context):])
-        return _log_softmax(llm.scores[first: len(tokens)])
+        return _log_softmax(llama_adapter.scores(llm)[first: len(tokens)])
 
     def _score(self, context_enc: list[int], continuation_enc: list[int]) -> tuple[float, bool]:
         whole = (context_enc + continuation_enc)[-(self.max_length + 1):]
@@ -342,37 +335,3 @@ def run_lm_eval(kind: Kind, path: Path, tasks: list[str], limit: int | None = No
     return _flatten(out["results"])
 
 
-# -- direct multiple choice -------------------------------------------------------------------------------
-# The one model loglik_choices keeps open: a benchmark scores many items on one target, then moves on.
-_kept: dict[str, Any] = {}
-
-
-def loglik_choices(kind: Kind, path: Path, context: str, choices: list[str],
-                   n_threads: int | None = None) -> list[float]:
-    """Log-likelihood of each choice as the continuation of `context` (summed over its tokens).
-
-    Scored as lm-eval scores multiple choice: context and continuation are tokenised together, and a
-    trailing space of the context moves into the continuation, so write choices as they follow the context
-    (e.g. context "Answer:", choices [" high", " low"]). The model stays loaded for the next call with the
-    same target; `release()` frees it.
-    """
-    from lm_eval.api.instance import Instance
-
-    if not choices:
-        return []
-    key = (kind, str(Path(path).resolve()), n_threads)
-    if _kept.get("key") != key:
-        release()
-        stack = contextlib.ExitStack()
-        _kept.update(key=key, stack=stack, lm=stack.enter_context(open_lm(kind, Path(path), n_threads)))
-    requests = [Instance(request_type="loglikelihood", doc={}, arguments=(context, c), idx=i)
-                for i, c in enumerate(choices)]
-    with _torch_threads(n_threads):
-        return [ll for ll, _ in _kept["lm"].loglikelihood(requests, disable_tqdm=True)]
-
-
-def release() -> None:
-    """Free the model loglik_choices keeps open."""
-    if _kept:
-        _kept.pop("stack").close()
-        _kept.clear()

@@ -94,7 +94,7 @@ def wants_lm_eval(config: BenchConfig, spec: TargetConfig) -> bool:
 
 def lm_eval_scores(config: BenchConfig, spec: TargetConfig, location: str) -> dict[str, Any]:
     """lm-eval's figures for one target, or the reason there are none: a broken task is that target's problem."""
-    from slmkit.evals.lm_eval_run import release, run_lm_eval
+    from slmkit.evals.lm_eval_run import run_lm_eval
 
     try:
         scores = run_lm_eval(spec.kind, Path(location), config.lm_eval.tasks, limit=config.lm_eval.limit,
@@ -103,8 +103,6 @@ def lm_eval_scores(config: BenchConfig, spec: TargetConfig, location: str) -> di
                             for task, figs in scores.items()}}
     except Exception as exc:  # noqa: BLE001 - recorded on the target, the other figures stand
         return {"lm_eval_error": f"{type(exc).__name__}: {exc}"[:1000]}
-    finally:
-        release()
 
 
 def default_targets(ctx: StageContext) -> list[TargetConfig]:

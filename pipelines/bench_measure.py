@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from slmkit.pipelines.bench_targets import BACKENDS, LOCAL, Target
+from slmkit.pipelines.backends import LOCAL
+from slmkit.pipelines.bench_targets import BenchClient, Target
 
 
 class TargetFailed(Exception):
@@ -53,7 +54,7 @@ class _InProcess:
     def __init__(self, target: Target):
         started = time.perf_counter()
         try:
-            self.backend = BACKENDS[target.kind](target)
+            self.backend = BenchClient(target)
         except Exception as exc:  # noqa: BLE001 - the target fails, the others go on
             raise TargetFailed(_error(exc)) from exc
         self.load_s = time.perf_counter() - started
@@ -70,7 +71,7 @@ def _serve_child(target: dict, conn) -> None:
     """The child's loop: load the backend, then answer ("request", …) until ("close",)."""
     try:
         started = time.perf_counter()
-        backend = BACKENDS[target["kind"]](Target(**target))
+        backend = BenchClient(Target(**target))
         conn.send(("ready", time.perf_counter() - started))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent as the target's failure
         conn.send(("failed", _error(exc)))

@@ -9,7 +9,6 @@ names, and saved as `imatrix.npz` so the run can be repeated.
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import re
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from slmkit.pipelines.backends import llama_adapter
 from slmkit.pipelines.errors import SlmkitError
 
 
@@ -90,11 +90,6 @@ def save_imatrix(imatrix: dict[str, np.ndarray], path: Path) -> None:
     os.replace(partial, path)
 
 
-def load_imatrix(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as data:
-        return {k: data[k] for k in data.files}
-
-
 # ---------------------------------------------------------------------------------------------- quantise
 def quantize(src: Path, dst: Path, qtype: str, imatrix: dict[str, np.ndarray] | None = None,
              threads: int | None = None) -> dict:
@@ -121,7 +116,7 @@ def quantize(src: Path, dst: Path, qtype: str, imatrix: dict[str, np.ndarray] | 
         params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
     try:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        with _captured_log() as log:
+        with llama_adapter.captured_log() as log:
             rc = llama_cpp.llama_model_quantize(str(src).encode(), str(partial).encode(), ctypes.byref(params))
         if rc != 0 or not partial.is_file():
             tail = "".join(log[-20:])
@@ -140,25 +135,6 @@ def quantize(src: Path, dst: Path, qtype: str, imatrix: dict[str, np.ndarray] | 
 
 
 _MISSING = re.compile(r"did not find weights for (\S+)")
-
-
-@contextlib.contextmanager
-def _captured_log():
-    """llama.cpp's quantiser logs a line per tensor to stderr; keep it for the report and for errors instead."""
-    import llama_cpp
-    from llama_cpp import _logger
-
-    lines: list[str] = []
-
-    @llama_cpp.llama_log_callback
-    def collect(level, text, user_data):
-        lines.append(text.decode("utf-8", errors="replace"))
-
-    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
-    try:
-        yield lines
-    finally:
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
 
 
 def tensor_report(path: Path, qtype: str | None = None) -> dict:

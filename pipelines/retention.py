@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from slmkit.pipelines.backends import llama_adapter
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -79,15 +80,14 @@ class HFScorer:
 
 class GGUFScorer:
     def __init__(self, path: Path, n_ctx: int, threads: int | None = None):
-        import llama_cpp
-
-        self.llm = llama_cpp.Llama(str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
-                                   verbose=False, n_threads=threads or 2, n_gpu_layers=0)
+        # One batch per chunk (n_batch = n_ubatch = n_ctx): every chunk is evaluated the same way in each file.
+        self.llm = llama_adapter.open_llama(path, n_ctx, threads or 2, logits_all=True, what="quantize retention",
+                                            n_batch=n_ctx, n_ubatch=n_ctx, n_gpu_layers=0)
 
     def logits(self, ids: list[int]) -> np.ndarray:
         self.llm.reset()
         self.llm.eval(ids)
-        return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
+        return np.array(llama_adapter.scores(self.llm)[: len(ids)], dtype=np.float32)
 
     def close(self) -> None:
         self.llm.close()

@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from slmkit.pipelines.backends import llama_adapter
 from slmkit.pipelines.errors import SlmkitError
 from slmkit.pipelines.serve_requests import ApiError, ChatRequest, CompletionRequest, error_body, parse
 from slmkit.pipelines.token_stream import GenerationCancelled, LlamaHooks, TextPieces
@@ -141,23 +142,15 @@ class Engine:
 
     def __init__(self, model_path: Path, n_ctx: int = 2048, n_threads: int | None = None,
                  prompt_cache: bool = False) -> None:
-        from llama_cpp import Llama
-
-        try:
-            self.llm = Llama(model_path=str(model_path), n_ctx=n_ctx, n_threads=n_threads or default_threads(),
-                             verbose=False, logits_all=False)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise SlmkitError(f"slmkit serve: llama.cpp could not load {model_path}: {exc}") from None
+        self.llm = llama_adapter.open_llama(model_path, n_ctx, n_threads or default_threads(), what="slmkit serve")
         self.hooks = LlamaHooks(self.llm)
         self.lock = threading.Lock()
         self.model_id = Path(model_path).stem
         self.n_ctx = self.llm.n_ctx()
         self.prompt_cache = prompt_cache
         self.stopping = threading.Event()  # the server is shutting down: every generation stops at its next token
-        vocab = self.llm._model
         # No token is longer than this, so a text of n_ctx × this many bytes is too long without tokenising it.
-        self._max_token_bytes = max(1, max(len(vocab.token_get_text(i).encode("utf-8", "replace"))
-                                           for i in range(self.llm.n_vocab())))
+        self._max_token_bytes = llama_adapter.longest_token_bytes(self.llm)
 
     def prompt_tokens(self, route: _Route, kw: dict) -> int | None:
         """The prompt's length in tokens, counted as the model will count it (None: not countable here);
@@ -170,10 +163,8 @@ class Engine:
         else:
             self._refuse_if_longer(sum(len(str(m.get("content") or "").encode()) for m in kw["messages"]), param)
             llm = self.llm
-            handler = (llm.chat_handler or llm._chat_handlers.get(llm.chat_format)
-                       or __import__("llama_cpp").llama_chat_format.get_chat_completion_handler(llm.chat_format))
             try:
-                handler(llama=_Probe(llm), messages=kw["messages"])
+                llama_adapter.chat_handler(llm)(llama=_Probe(llm), messages=kw["messages"])
                 return None  # a handler that never asks for a completion: let the model's own check decide
             except _Probe.Prompt as p:
                 n = len(p.tokens)

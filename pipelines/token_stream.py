@@ -14,6 +14,8 @@ from __future__ import annotations
 import codecs
 from collections.abc import Callable
 
+from slmkit.pipelines.backends import llama_adapter
+
 
 class GenerationCancelled(Exception):
     """Raised inside generation when the request's client has gone away: the model stops at the next token."""
@@ -30,37 +32,38 @@ class LlamaHooks:
     """
 
     def __init__(self, llm) -> None:
-        import llama_cpp
-
         self.stops: list[str] = []
         self.on_token: Callable[[int], None] | None = None
         self.cancelled: Callable[[], bool] | None = None
         self.prefilled: int | None = None
-        create, generate, evaluate = llm.create_completion, llm.generate, llm.eval
-        vocab = llm._model.vocab
 
-        def create_completion(*args, **kwargs):
-            stop = kwargs.get("stop")
-            self.stops = [stop] if isinstance(stop, str) else list(stop or [])
-            return create(*args, **kwargs)
+        def create_completion(create):
+            def seen_create(*args, **kwargs):
+                stop = kwargs.get("stop")
+                self.stops = [stop] if isinstance(stop, str) else list(stop or [])
+                return create(*args, **kwargs)
+            return seen_create
 
-        def watched_generate(tokens, *args, **kwargs):
-            for tok in generate(tokens, *args, **kwargs):
-                if self.cancelled is not None and self.cancelled():
-                    raise GenerationCancelled
-                # An end-of-generation token ends the answer and is not part of its text.
-                if self.on_token is not None and not llama_cpp.llama_vocab_is_eog(vocab, tok):
-                    self.on_token(tok)
-                yield tok
+        def generate(original):
+            def watched_generate(tokens, *args, **kwargs):
+                for tok in original(tokens, *args, **kwargs):
+                    if self.cancelled is not None and self.cancelled():
+                        raise GenerationCancelled
+                    # An end-of-generation token ends the answer and is not part of its text.
+                    if self.on_token is not None and not llama_adapter.is_end_of_generation(llm, tok):
+                        self.on_token(tok)
+                    yield tok
+            return watched_generate
 
-        def watched_eval(tokens):
-            if self.prefilled is None:
-                self.prefilled = len(tokens)
-            return evaluate(tokens)
+        def evaluate(original):
+            def watched_eval(tokens):
+                if self.prefilled is None:
+                    self.prefilled = len(tokens)
+                return original(tokens)
+            return watched_eval
 
-        llm.create_completion = create_completion
-        llm.generate = watched_generate
-        llm.eval = watched_eval
+        for name, wrapper in (("create_completion", create_completion), ("generate", generate), ("eval", evaluate)):
+            llama_adapter.wrap_method(llm, name, wrapper)
 
     def begin(self, on_token: Callable[[int], None] | None = None,
               cancelled: Callable[[], bool] | None = None) -> None:

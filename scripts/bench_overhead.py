@@ -57,11 +57,11 @@ def _decode_tps(r: dict) -> float:
 
 def gguf_pair(path: Path, prompt: str, args, progress, task) -> dict:
     from llama_cpp import Llama
-    from slmkit.pipelines.bench_targets import GGUFBackend, Target
+    from slmkit.pipelines.bench_targets import BenchClient, Target
 
     target = Target(label=path.stem, kind="gguf", location=str(path), model=None, api="chat", messages_prefix=[],
-                    n_threads=args.threads, n_ctx=4096, api_key_env="OPENAI_API_KEY", tokenizer=None, timeout=120)
-    ours = GGUFBackend(target)
+                    n_threads=args.threads, n_ctx=4096, api_key_env=None, tokenizer=None, timeout=120)
+    ours = BenchClient(target)
     direct = Llama(model_path=str(path), n_ctx=4096, n_threads=args.threads, verbose=False)
     # One untimed warm-up each (page cache, first-call allocations), as bench does by default.
     ours.request(prompt, args.max_tokens, [])
@@ -95,11 +95,11 @@ def gguf_pair(path: Path, prompt: str, args, progress, task) -> dict:
 
 
 def hf_run(folder: str, prompt: str, args, progress, task) -> dict:
-    from slmkit.pipelines.bench_targets import HFBackend, Target
+    from slmkit.pipelines.bench_targets import BenchClient, Target
 
     target = Target(label="hf", kind="hf", location=folder, model=None, api="chat", messages_prefix=[],
-                    n_threads=args.threads, n_ctx=4096, api_key_env="OPENAI_API_KEY", tokenizer=None, timeout=120)
-    hf = HFBackend(target)
+                    n_threads=args.threads, n_ctx=4096, api_key_env=None, tokenizer=None, timeout=120)
+    hf = BenchClient(target)
     hf.request(prompt, 8, [])
     tps = []
     for _ in range(args.hf_repeats):

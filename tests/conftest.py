@@ -21,6 +21,14 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return tiny_llama(tmp_path_factory.mktemp("tiny") / "tiny-llama")
 
 
+@pytest.fixture(scope="session")
+def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny Llama as an F16 GGUF, exported once per session (read-only for tests)."""
+    from slmkit.pipelines import gguf_export
+
+    return gguf_export.export(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf").path
+
+
 @pytest.fixture
 def toy_stages(monkeypatch):
     """The stage table with toy stages in every row, restored after the test."""

@@ -68,3 +68,61 @@ def smollm2_gguf() -> Path | None:
     ggufs = sorted(str(f) for f in dist.files or () if f.suffix == ".gguf")
     return Path(dist.locate_file(ggufs[0])) if ggufs else None
 
+
+class ScriptEndpoint:
+    """An HTTP server on 127.0.0.1 answering each POST with the next reply of a script, recording every request
+    (`seen`: path, headers, JSON body). A reply is `(status, headers, body)`, `("sse", [event, ...])` (each event a
+    JSON-able object, or the raw text after `data: `), or `("hangup",)` (the connection closed unanswered)."""
+
+    def __init__(self, script: list[tuple]):
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.script, self.seen = list(script), []
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                endpoint.seen.append({"path": self.path, "body": body,
+                                      "headers": {k.lower(): v for k, v in self.headers.items()}})
+                reply = endpoint.script.pop(0)
+                self.close_connection = True
+                if reply[0] == "hangup":
+                    return
+                if reply[0] == "sse":
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    for event in reply[1]:
+                        data = event if isinstance(event, str) else json.dumps(event)
+                        self.wfile.write(f"data: {data}\n\n".encode())
+                    return
+                status, headers, raw = reply
+                raw = raw if isinstance(raw, bytes) else json.dumps(raw).encode()
+                self.send_response(status)
+                for name, value in {"Content-Type": "application/json", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(raw)))
+                self.send_header("Connection", "close")
+                self.end_headers()
+                self.wfile.write(raw)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()

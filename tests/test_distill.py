@@ -375,10 +375,10 @@ def test_gguf_teacher_answer_does_not_depend_on_earlier_requests():
     """Issue 13: llama.cpp reused the previous prompt's KV cache, and greedy answers changed with what came before
     (which prompt shows it depends on the build's kernels: here 'Name a colour.' asked again, elsewhere 'Say
     hello.')."""
-    from slmkit.pipelines.teachers import GGUFTeacher, parse_spec
+    from slmkit.pipelines.teachers import make_teacher, parse_spec
 
     # One thread: the suite shares the machine, where llama.cpp's spinning threads slow each other many times over.
-    teacher = GGUFTeacher(parse_spec(f"gguf:{GGUF}"), n_threads=1)
+    teacher = make_teacher(parse_spec(f"gguf:{GGUF}"), n_threads=1)
     a, b, c = ([{"role": "user", "content": q}] for q in ("Name a colour.", "Say hello.", "Count to three."))
     order = [a, a, a, b, b, c, c, b, a]  # the same request 3 times; then a, b, c and c, b, a; each after itself
     try:

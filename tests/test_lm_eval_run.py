@@ -9,16 +9,11 @@ from pathlib import Path
 
 import pytest
 from slmkit.evals import lm_eval_run
-from slmkit.evals.lm_eval_run import loglik_choices, open_lm, release, run_lm_eval
+from slmkit.evals.lm_eval_run import open_lm, run_lm_eval
 from slmkit.pipelines import gguf_export
 from slmkit.pipelines.errors import SlmkitError
 
 TICKETS = Path(lm_eval_run.__file__).parents[1] / "recipes/data/tickets_eval.jsonl"
-
-
-@pytest.fixture(scope="module")
-def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
-    return gguf_export.export(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf").path
 
 
 @pytest.fixture(autouse=True)
@@ -93,17 +88,6 @@ def test_generate_until_is_greedy_and_stops(tiny_gguf):
         # Greedy: under the adapter's own log-likelihood every generated token is the argmax.
         (_, greedy), = gg.loglikelihood(_requests(("loglikelihood", [("Order 42 was", free)])), disable_tqdm=True)
         assert greedy
-
-
-def test_loglik_choices_matches_between_kinds_and_keeps_the_model(tiny_model_dir, tiny_gguf):
-    ctx, choices = _ticket_items(1)[0][0], [" high", " normal", " low"]
-    a = loglik_choices("gguf", tiny_gguf, ctx, choices, n_threads=1)
-    kept = lm_eval_run._kept["lm"]
-    assert loglik_choices("gguf", tiny_gguf, ctx, choices, n_threads=1) == a and lm_eval_run._kept["lm"] is kept
-    b = loglik_choices("hf", tiny_model_dir, ctx, choices, n_threads=1)
-    release()
-    assert len(a) == 3 and all(abs(x - y) < 1e-2 for x, y in zip(a, b, strict=True))
-    assert len(set(a)) == 3  # the choices really are scored apart
 
 
 def test_task_yaml_path_with_relative_data(tmp_path, tiny_gguf):

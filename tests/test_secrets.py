@@ -23,7 +23,7 @@ import pytest
 from pydantic import ValidationError
 from rich.console import Console
 from slmkit.pipelines import bench, secrets
-from slmkit.pipelines.bench_targets import OpenAIBackend, TargetConfig
+from slmkit.pipelines.bench_targets import BenchClient, TargetConfig
 from slmkit.pipelines.errors import RecipeError, SlmkitError
 from slmkit.pipelines.recipe import load_recipe
 from slmkit.pipelines.stage import StageContext
@@ -41,6 +41,7 @@ class Endpoint:
 
     def __init__(self):
         self.auth: list[str | None] = []
+        self.headers: list[dict[str, str]] = []
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -52,6 +53,7 @@ class Endpoint:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 endpoint.auth.append(self.headers.get("Authorization"))
+                endpoint.headers.append(dict(self.headers))
                 if body.get("stream"):
                     events = [{"choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}]},
                               {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}]
@@ -93,7 +95,7 @@ def endpoint(monkeypatch):
 
 def _bench_requests(spec: TargetConfig, n: int = 2) -> None:
     with bench.ready(spec, None) as (target, _facts):
-        backend = OpenAIBackend(target)
+        backend = BenchClient(target)
         try:
             for _ in range(n):
                 assert backend.request("hello", 4, []).text == "ok"
@@ -122,6 +124,23 @@ def test_bench_target_without_api_key_env_sends_no_authorization(endpoint):
                                                  "api_key_env": "SLMKIT_TEST_NAMED_KEY"}), n=1)
     assert endpoint.auth[4:] == [f"Bearer {NAMED_KEY}"]
     assert not any(DEFAULT_KEY in (a or "") for a in endpoint.auth)
+
+
+def test_the_sdks_own_credential_variables_reach_no_endpoint(endpoint, monkeypatch):
+    """The openai SDK reads OPENAI_API_KEY, OPENAI_ORG_ID and OPENAI_PROJECT_ID when it is given none: a recipe's
+    endpoint must get none of them, with a key of its own or without, from a teacher or a bench target."""
+    canaries = {"OPENAI_ORG_ID": "org-canary7", "OPENAI_PROJECT_ID": "proj-canary7",
+                "OPENAI_ADMIN_KEY": "admin-canary7", "OPENAI_BASE_URL": "http://canary7.invalid/v1"}
+    for name, value in canaries.items():
+        monkeypatch.setenv(name, value)
+    _bench_requests(TargetConfig.model_validate(f"openai:m@{endpoint.url}"), n=1)
+    _ask_teacher(parse_spec(f"openai:m@{endpoint.url}"), n=1)
+    _ask_teacher(TeacherConfig.model_validate({"kind": "openai", "model": "m", "base_url": endpoint.url,
+                                               "api_key_env": "SLMKIT_TEST_NAMED_KEY"}), n=1)
+    assert len(endpoint.headers) == 3  # every request reached this endpoint, none went to OPENAI_BASE_URL
+    sent = json.dumps(endpoint.headers)
+    assert not any(v in sent for v in [*canaries.values(), DEFAULT_KEY]), endpoint.headers
+    assert endpoint.auth == [None, None, f"Bearer {NAMED_KEY}"]
 
 
 def test_distill_shorthand_sends_no_key(endpoint):
