@@ -95,7 +95,7 @@ _DISK_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACC
 def _os_error(exc: OSError) -> str | None:
     """A message for an OSError the user can act on (a full disk, a read-only or forbidden path), else None: other
     OSErrors are bugs and keep their traceback."""
-    from slmkit.pipelines.rundir import write_error
+    from slmkit.pipelines.core.rundir import write_error
 
     if exc.errno not in _DISK_ERRORS:
         return None
@@ -110,7 +110,7 @@ def main() -> None:
     (Ctrl-C or SIGTERM) says so and exits 130, so that `slmkit run x && next` stops."""
     import signal
 
-    from slmkit.pipelines.errors import SlmkitError
+    from slmkit.pipelines.core.errors import SlmkitError
 
     try:
         signal.signal(signal.SIGTERM, _terminate)

@@ -43,8 +43,8 @@ def _results_of_run(recipe: str | None, sets: list[str] | None, runs_dir: Path, 
     """Where the run this invocation just made wrote its bench.json."""
     if not recipe:
         return Path(out) / "bench.json"
-    from slmkit.pipelines.recipe import load_recipe
-    from slmkit.pipelines.runner import Run
+    from slmkit.pipelines.core.recipe import load_recipe
+    from slmkit.pipelines.core.runner import Run
 
     return Run.open(load_recipe(recipe, _overrides(sets, flags)), runs_dir).stage_dir(NAME) / "bench.json"
 
@@ -52,10 +52,10 @@ def _results_of_run(recipe: str | None, sets: list[str] | None, runs_dir: Path, 
 def _refuse_code(recipe: str | None, sets: list[str] | None, flags: dict, allow_code: bool) -> None:
     """Before anything runs: the bench this invocation would run imports no code, or code was allowed."""
     from slmkit.cli.common import build_config
-    from slmkit.pipelines.code_refs import find_code_refs, require_allowed
+    from slmkit.pipelines.core.code_refs import find_code_refs, require_allowed
 
     if recipe:
-        from slmkit.pipelines.recipe import load_recipe
+        from slmkit.pipelines.core.recipe import load_recipe
 
         rec = load_recipe(recipe, _overrides(sets, flags))
         if rec.bench is not None:
@@ -69,7 +69,7 @@ def _target_flag(value: str) -> str | dict:
     if not value.lstrip().startswith("{"):
         return value
     import yaml
-    from slmkit.pipelines.errors import SlmkitError
+    from slmkit.pipelines.core.errors import SlmkitError
 
     try:
         data = yaml.safe_load(value)
@@ -112,9 +112,9 @@ def command(
     allow_code: bool = typer.Option(False, "--allow-code", help="let lm-eval task YAMLs import the Python code "
                                                                 "they name (!function tags)"),
 ) -> None:
-    from slmkit.pipelines import bench_check
-    from slmkit.pipelines.errors import SlmkitError, StageFailed
-    from slmkit.pipelines.rundir import write_json
+    from slmkit.pipelines.bench import check as bench_check
+    from slmkit.pipelines.core.errors import SlmkitError, StageFailed
+    from slmkit.pipelines.core.rundir import write_json
 
     if write_reported:
         if not results:

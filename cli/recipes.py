@@ -32,8 +32,8 @@ def command(
     force: bool = typer.Option(False, "--force", help="with --to: overwrite files that are already there"),
 ) -> None:
     import yaml
-    from slmkit.pipelines.errors import SlmkitError
-    from slmkit.pipelines.recipe import shipped
+    from slmkit.pipelines.core.errors import SlmkitError
+    from slmkit.pipelines.core.recipe import shipped
 
     known = shipped()
     if name:
@@ -99,7 +99,7 @@ def _with_data_note(recipe: Path, name: str) -> str:
 
 
 def _copy(recipe: Path, dest: Path, new_name: str | None, force: bool) -> None:
-    from slmkit.pipelines.errors import SlmkitError
+    from slmkit.pipelines.core.errors import SlmkitError
 
     text = recipe.read_text()
     stem = recipe.stem
@@ -126,11 +126,11 @@ def _copy(recipe: Path, dest: Path, new_name: str | None, force: bool) -> None:
                 shutil.copytree(src, dst, dirs_exist_ok=True)
             else:
                 shutil.copyfile(src, dst)
-        from slmkit.pipelines.rundir import write_text
+        from slmkit.pipelines.core.rundir import write_text
 
         write_text(target, text)
     except OSError as err:
-        from slmkit.pipelines.rundir import write_error
+        from slmkit.pipelines.core.rundir import write_error
 
         raise write_error(Path(err.filename or dest), err) from None
     console.print(f"[green]✓[/] wrote {escape(str(target))}" + (f" and {len(files)} data file(s): "

@@ -38,9 +38,9 @@ def command(
                                                                 "(lm-eval !function tags; listed by validate)"),
 ) -> None:
     from slmkit.cli.status import print_status
-    from slmkit.pipelines.code_refs import find_code_refs, require_allowed
-    from slmkit.pipelines.recipe import find_recipe, load_recipe
-    from slmkit.pipelines.runner import Run
+    from slmkit.pipelines.core.code_refs import find_code_refs, require_allowed
+    from slmkit.pipelines.core.recipe import find_recipe, load_recipe
+    from slmkit.pipelines.core.runner import Run
 
     rec = load_recipe(recipe, overrides)
     require_allowed(find_code_refs(rec), allow_code or rec.allow_code, recipe)  # before anything runs

@@ -47,7 +47,7 @@ def command(
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1,
                                        help="largest request body accepted (413 beyond)"),
 ) -> None:
-    from slmkit.pipelines.serve import serve_forever
+    from slmkit.pipelines.serving.server import serve_forever
 
     serve_forever(model, port, delay_ms, n_ctx, threads, host=host, prompt_cache=prompt_cache,
                   api_key_env=api_key_env, max_body_bytes=max_body_bytes)

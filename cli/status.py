@@ -45,8 +45,8 @@ def _print_bench(run) -> None:
     """The run's headline: bench's table, shown again whenever the run is, so a resumed run still ends with it."""
     import json
 
-    from slmkit.pipelines.bench_report import print_table
-    from slmkit.pipelines.rundir import result_of
+    from slmkit.pipelines.bench.report import print_table
+    from slmkit.pipelines.core.rundir import result_of
 
     res = result_of("bench", run.stage_dir("bench"))
     if res is None or "bench" not in res.outputs:
@@ -61,10 +61,10 @@ def command(
     recipe: str = typer.Option(None, "--recipe", "-r", help="compare against this recipe instead of the last one run"),
     runs_dir: Path = RunsDirOpt,
 ) -> None:
-    from slmkit.pipelines.errors import SlmkitError
-    from slmkit.pipelines.recipe import load_recipe, validate_data
-    from slmkit.pipelines.rundir import read_json
-    from slmkit.pipelines.runner import Run
+    from slmkit.pipelines.core.errors import SlmkitError
+    from slmkit.pipelines.core.recipe import load_recipe, validate_data
+    from slmkit.pipelines.core.rundir import read_json
+    from slmkit.pipelines.core.runner import Run
 
     root = Path(run_name) if Path(run_name).is_dir() else runs_dir / run_name
     manifest = read_json(root / "manifest.json")

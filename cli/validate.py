@@ -24,8 +24,8 @@ def command(
     overrides: list[str] = OverridesArg,
 ) -> None:
     from rich.markup import escape
-    from slmkit.pipelines.code_refs import describe, find_code_refs
-    from slmkit.pipelines.recipe import find_recipe, load_recipe, stages_in
+    from slmkit.pipelines.core.code_refs import describe, find_code_refs
+    from slmkit.pipelines.core.recipe import find_recipe, load_recipe, stages_in
 
     rec = load_recipe(recipe, overrides)
     console.print(f"[green]✓[/] {find_recipe(recipe)}: valid — run '{rec.name}', "

@@ -25,8 +25,8 @@ import numpy as np
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from slmkit.pipelines.backends import llama_adapter
-from slmkit.pipelines.errors import SlmkitError
-from slmkit.pipelines.threads import usable_cores
+from slmkit.pipelines.core.errors import SlmkitError
+from slmkit.pipelines.core.threads import usable_cores
 
 TASK_DIR = Path(__file__).parent / "lm_eval"
 Kind = Literal["hf", "gguf"]

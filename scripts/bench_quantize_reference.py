@@ -111,8 +111,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from slmkit.pipelines import gguf_export, gguf_quant, quantize, retention
-    from slmkit.pipelines.models import resolve
+    from slmkit.pipelines import quantize
+    from slmkit.pipelines.core.models import resolve
+    from slmkit.pipelines.quantize import gguf_export, gguf_quant, retention
 
     src = llama_cpp_source(ROOT / "bench-results" / "cache")
     bin_dir = src / "build" / "bin"

@@ -24,7 +24,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
     """The tiny Llama as an F16 GGUF, exported once per session (read-only for tests)."""
-    from slmkit.pipelines import gguf_export
+    from slmkit.pipelines.quantize import gguf_export
 
     return gguf_export.export(tiny_model_dir, tmp_path_factory.mktemp("gguf") / "tiny-f16.gguf").path
 
@@ -33,7 +33,7 @@ def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
 def toy_stages(monkeypatch):
     """The stage table with toy stages in every row, restored after the test."""
     import toy_stages as toys
-    from slmkit.pipelines.stages import STAGES
+    from slmkit.pipelines.core.stages import STAGES
 
     originals = toys.install(STAGES)
     toys.CALLS.clear()

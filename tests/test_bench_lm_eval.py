@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from helpers import tiny_llama
 from pydantic import ValidationError
-from slmkit.pipelines import bench, bench_check, gguf_export
-from slmkit.pipelines.runner import run_standalone
+from slmkit.pipelines import bench
+from slmkit.pipelines.bench import check as bench_check
+from slmkit.pipelines.core.runner import run_standalone
+from slmkit.pipelines.quantize import gguf_export
 
 TASK = "slmkit_ticket_urgency"
 

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from slmkit.pipelines.bench_measure import own_peak_rss_mb
+from slmkit.pipelines.bench.interleaved import own_peak_rss_mb
 
 
 def _report(q) -> None:

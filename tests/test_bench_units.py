@@ -8,12 +8,13 @@ import pytest
 from pydantic import ValidationError
 from slmkit.evals.metrics import METRICS, exact_match, first_json_object, json_fields, token_f1
 from slmkit.evals.tasks import TaskConfig, load_few_shot, load_items
-from slmkit.pipelines import bench, bench_check
-from slmkit.pipelines.bench_cost import CostConfig, cost_figures
-from slmkit.pipelines.bench_speed import speed_stats
-from slmkit.pipelines.bench_targets import TargetConfig
-from slmkit.pipelines.errors import SlmkitError
-from slmkit.pipelines.teachers import completion_prompt
+from slmkit.pipelines import bench
+from slmkit.pipelines.bench import check as bench_check
+from slmkit.pipelines.bench.cost import CostConfig, cost_figures
+from slmkit.pipelines.bench.speed import speed_stats
+from slmkit.pipelines.bench.targets import TargetConfig
+from slmkit.pipelines.core.errors import SlmkitError
+from slmkit.pipelines.distill.teachers import completion_prompt
 
 REF = {"customer_name": "Mateo Martin", "product": "TaskHub", "urgency": "low", "order_id": "ORD-80020",
        "refund_requested": False}

@@ -113,8 +113,8 @@ def test_models_lists_known(monkeypatch):
 
 def test_status_table_of_a_run(tmp_path, toy_stages, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")
-    from slmkit.pipelines.recipe import load_recipe
-    from slmkit.pipelines.runner import Run
+    from slmkit.pipelines.core.recipe import load_recipe
+    from slmkit.pipelines.core.runner import Run
     from toy_stages import write_recipe
 
     recipe = write_recipe(tmp_path, tiny_model_dir)

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from slmkit.pipelines.code_refs import CodeNotAllowed, find_code_refs, require_allowed, task_file_code
-from slmkit.pipelines.recipe import load_recipe
+from slmkit.pipelines.core.code_refs import CodeNotAllowed, find_code_refs, require_allowed, task_file_code
+from slmkit.pipelines.core.recipe import load_recipe
 
 TASK = """task: slmkit_test_codey
 dataset_path: json

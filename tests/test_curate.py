@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 from rich.console import Console
+from slmkit.pipelines.core.errors import SlmkitError
+from slmkit.pipelines.core.runner import run_standalone
 from slmkit.pipelines.curate import CurateConfig, curate
-from slmkit.pipelines.errors import SlmkitError
-from slmkit.pipelines.runner import run_standalone
 
 QUIET = Console(quiet=True)
 

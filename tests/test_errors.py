@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from slmkit.pipelines import jsonl, rundir
-from slmkit.pipelines.errors import SlmkitError
+from slmkit.pipelines.core import jsonl, rundir
+from slmkit.pipelines.core.errors import SlmkitError
 
 BAD = b"\xff\xfe"  # a UTF-16 byte-order mark: never valid UTF-8
 
@@ -112,8 +112,8 @@ def test_atomic_write_on_a_full_disk_names_path_and_bytes_and_leaves_the_old_fil
 LIMITED = '''
 import json, resource, sys
 from pathlib import Path
-from slmkit.pipelines import rundir
-from slmkit.pipelines.errors import SlmkitError
+from slmkit.pipelines.core import rundir
+from slmkit.pipelines.core.errors import SlmkitError
 
 resource.setrlimit(resource.RLIMIT_FSIZE, (1000, resource.RLIM_INFINITY))  # writes past 1000 bytes fail
 try:
@@ -142,9 +142,9 @@ import errno, os, resource, sys
 from dataclasses import replace
 from typing import Literal
 
-from slmkit.pipelines.stage import Outcome
-from slmkit.pipelines.stages import STAGES
-from slmkit.pipelines.types import StrictModel
+from slmkit.pipelines.core.stage import Outcome
+from slmkit.pipelines.core.stages import STAGES
+from slmkit.pipelines.core.types import StrictModel
 
 
 class Full(StrictModel):
@@ -195,7 +195,7 @@ def test_gguf_short_write_names_path_and_bytes_not_none(tmp_path, tiny_model_dir
     """numpy's tofile reports a full disk as OSError("N requested and M written") with no errno: the message once
     read "writing the GGUF failed (None)"."""
     import gguf
-    from slmkit.pipelines import gguf_export
+    from slmkit.pipelines.quantize import gguf_export
 
     real = gguf.GGUFWriter.write_tensor_data
     calls = {"n": 0}

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 from rich.console import Console
-from slmkit.pipelines.errors import SlmkitError
+from slmkit.pipelines.core.errors import SlmkitError
+from slmkit.pipelines.core.stage import StageContext
 from slmkit.pipelines.finetune import FinetuneConfig, train
-from slmkit.pipelines.sft_trainer import StopAfter
-from slmkit.pipelines.stage import StageContext
+from slmkit.pipelines.finetune.sft_trainer import StopAfter
 from transformers import TrainerCallback
 
 
@@ -155,8 +155,8 @@ def test_finetune_verb_standalone(tiny_model_dir, tmp_path, monkeypatch):
 
 def test_target_only_logits_give_the_same_loss_as_full_logits(tiny_model_dir, tmp_path):
     from helpers import tiny_tokenizer
-    from slmkit.pipelines import sft_data
-    from slmkit.pipelines.sft_trainer import SftTrainer
+    from slmkit.pipelines.finetune import sft_data
+    from slmkit.pipelines.finetune.sft_trainer import SftTrainer
     from transformers import AutoModelForCausalLM, TrainingArguments
 
     tok = tiny_tokenizer()
@@ -192,7 +192,7 @@ def test_two_cpu_processes_under_accelerate(tiny_model_dir, tmp_path):
 
 
 def test_qlora_without_bitsandbytes_is_a_clear_error(tiny_model_dir, tmp_path, monkeypatch):
-    from slmkit.pipelines import sft_trainer
+    from slmkit.pipelines.finetune import sft_trainer
 
     monkeypatch.setattr(sft_trainer, "bitsandbytes_problem", lambda: "bitsandbytes cannot be loaded (test)")
     data = write_data(tmp_path / "d.jsonl", 4)
@@ -246,7 +246,7 @@ def test_sigkilled_process_resumes_from_its_last_complete_checkpoint(tiny_model_
 
 
 def test_upstream_eval_of_bare_prompts_falls_back_to_a_held_out_split(tiny_model_dir, tmp_path):
-    from slmkit.pipelines.stage import StageResult
+    from slmkit.pipelines.core.stage import StageResult
 
     data = write_data(tmp_path / "d.jsonl", 10)
     cur = tmp_path / "curate"
@@ -264,7 +264,7 @@ def test_upstream_eval_of_bare_prompts_falls_back_to_a_held_out_split(tiny_model
 def kd_data(model_dir: Path, path: Path, n: int = 8, drop_tail: int = 0) -> Path:
     """Chat records with teacher top-k (kd.py format) taken from a real forward pass of `model_dir`."""
     from helpers import tiny_tokenizer
-    from slmkit.pipelines import kd, sft_data
+    from slmkit.pipelines.finetune import kd, sft_data
     from transformers import AutoModelForCausalLM
 
     tok = tiny_tokenizer()

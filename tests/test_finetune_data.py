@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
-from slmkit.pipelines import sft_data
-from slmkit.pipelines.errors import SlmkitError
-from slmkit.pipelines.sft_data import IGNORE
+from slmkit.pipelines.core.errors import SlmkitError
+from slmkit.pipelines.finetune import sft_data
+from slmkit.pipelines.finetune.sft_data import IGNORE
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,9 @@ import json
 
 import pytest
 from slmkit.evals.tasks import load_few_shot
-from slmkit.pipelines import distill, jsonl
-from slmkit.pipelines.errors import SlmkitError
+from slmkit.pipelines import distill
+from slmkit.pipelines.core import jsonl
+from slmkit.pipelines.core.errors import SlmkitError
 
 
 def test_records_skip_blank_lines_and_name_bad_ones(tmp_path):

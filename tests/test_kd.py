@@ -6,8 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from slmkit.pipelines.errors import SlmkitError
-from slmkit.pipelines.kd import check_same_vocab, decode_topk, encode_topk, kd_loss, teacher_topk_from_logits
+from slmkit.pipelines.core.errors import SlmkitError
+from slmkit.pipelines.finetune.kd import (
+    check_same_vocab,
+    decode_topk,
+    encode_topk,
+    kd_loss,
+    teacher_topk_from_logits,
+)
 
 
 def test_topk_roundtrip():

@@ -7,7 +7,7 @@ import json
 
 import pytest
 from slmkit.pipelines.backends import llama_adapter
-from slmkit.pipelines.errors import SlmkitError
+from slmkit.pipelines.core.errors import SlmkitError
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +65,7 @@ def test_longest_token_bytes_is_the_longest_token_text(llm, metadata):
 
 
 def test_chat_handler_formats_with_the_models_template(llm):
-    from slmkit.pipelines.serve import _Probe
+    from slmkit.pipelines.serving.server import _Probe
 
     handler = llama_adapter.chat_handler(llm)
     with pytest.raises(_Probe.Prompt) as prompt:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from slmkit.evals import lm_eval_run
 from slmkit.evals.lm_eval_run import open_lm, run_lm_eval
-from slmkit.pipelines import gguf_export
-from slmkit.pipelines.errors import SlmkitError
+from slmkit.pipelines.core.errors import SlmkitError
+from slmkit.pipelines.quantize import gguf_export
 
 TICKETS = Path(lm_eval_run.__file__).parents[1] / "recipes/data/tickets_eval.jsonl"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 from rich.console import Console
-from slmkit.pipelines.errors import SlmkitError, StageFailed
+from slmkit.pipelines.core.errors import SlmkitError, StageFailed
+from slmkit.pipelines.core.stage import StageContext
 from slmkit.pipelines.merge import MergeConfig, run
-from slmkit.pipelines.stage import StageContext
 
 
 def random_adapter(base: Path, out: Path) -> Path:
@@ -91,8 +91,8 @@ def test_finetune_then_merge_verbs(tiny_model_dir, tmp_path, monkeypatch):
 
 def test_recipe_runs_finetune_then_merge_and_skips_on_rerun(tiny_model_dir, tmp_path):
     """Through the run directory: merge takes finetune's adapter; a second run finds both done."""
-    from slmkit.pipelines.recipe import load_recipe
-    from slmkit.pipelines.runner import Run
+    from slmkit.pipelines.core.recipe import load_recipe
+    from slmkit.pipelines.core.runner import Run
 
     (tmp_path / "d.jsonl").write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n"
                                               for i in range(6)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from slmkit.pipelines.models import KNOWN, check_model_spec, model_digest, resolve
+from slmkit.pipelines.core.models import KNOWN, check_model_spec, model_digest, resolve
 
 
 def test_known_local_and_hf_ids(tmp_path, tiny_model_dir):

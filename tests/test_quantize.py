@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import tiny_llama
-from slmkit.pipelines import gguf_export, gguf_quant, quantize, retention
-from slmkit.pipelines.errors import SlmkitError, StageFailed
-from slmkit.pipelines.runner import run_standalone
+from slmkit.pipelines import quantize
+from slmkit.pipelines.core.errors import SlmkitError, StageFailed
+from slmkit.pipelines.core.runner import run_standalone
+from slmkit.pipelines.quantize import gguf_export, gguf_quant, retention
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +118,7 @@ def test_cli_bad_input_is_one_clear_line(tmp_path):
 
 
 def test_recipe_defaults_read_merge_and_curate_outputs(model256, tmp_path):
-    from slmkit.pipelines.stage import StageContext, StageResult
+    from slmkit.pipelines.core.stage import StageContext, StageResult
 
     curate_dir = tmp_path / "01_curate"
     curate_dir.mkdir()

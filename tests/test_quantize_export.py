@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from helpers import CHAT_TEMPLATE, tiny_llama, tiny_tokenizer
-from slmkit.pipelines import gguf_export
-from slmkit.pipelines.errors import SlmkitError
+from slmkit.pipelines.core.errors import SlmkitError
+from slmkit.pipelines.quantize import gguf_export
 
 TEXT = "The invoice 1001 is broken, Alice!  Ünïcödé 日本 €5.\n\tdone <|im_start|>user\nhi<|im_end|>"
 

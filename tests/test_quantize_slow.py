@@ -12,8 +12,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smollm(tmp_path_factory):
-    from slmkit.pipelines import gguf_export
-    from slmkit.pipelines.models import resolve
+    from slmkit.pipelines.core.models import resolve
+    from slmkit.pipelines.quantize import gguf_export
 
     model_dir = Path(resolve("smollm2-135m-instruct"))
     path = gguf_export.export(model_dir, tmp_path_factory.mktemp("smol") / "model-f16.gguf").path
@@ -21,7 +21,8 @@ def smollm(tmp_path_factory):
 
 
 def test_smollm2_f16_logits_match_transformers(smollm):
-    from slmkit.pipelines import quantize, retention
+    from slmkit.pipelines import quantize
+    from slmkit.pipelines.quantize import retention
 
     model_dir, path = smollm
     chunks = retention.token_chunks(model_dir, quantize.read_text(quantize.HELDOUT_SAMPLE), 512, 256)
@@ -68,8 +69,8 @@ def test_gemma3_270m_export_matches_transformers():
     import tempfile
 
     import llama_cpp
-    from slmkit.pipelines import gguf_export, retention
-    from slmkit.pipelines.models import resolve
+    from slmkit.pipelines.core.models import resolve
+    from slmkit.pipelines.quantize import gguf_export, retention
     from transformers import AutoTokenizer
 
     model_dir = Path(resolve("gemma3-270m"))

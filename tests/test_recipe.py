@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from slmkit.pipelines.errors import RecipeError
-from slmkit.pipelines.recipe import (
+from slmkit.pipelines.core.errors import RecipeError
+from slmkit.pipelines.core.recipe import (
     apply_overrides,
     find_recipe,
     load_recipe,

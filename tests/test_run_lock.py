@@ -21,9 +21,9 @@ import os, sys, time
 from dataclasses import replace
 from pathlib import Path
 
-from slmkit.pipelines.stage import Outcome
-from slmkit.pipelines.stages import STAGES
-from slmkit.pipelines.types import StrictModel
+from slmkit.pipelines.core.stage import Outcome
+from slmkit.pipelines.core.stages import STAGES
+from slmkit.pipelines.core.types import StrictModel
 
 
 class Slow(StrictModel):
@@ -143,9 +143,9 @@ def test_second_run_refuses_at_once_naming_the_holder_and_a_killed_holder_frees_
 
 def test_standalone_out_folder_is_locked(tmp_path, toy_stages):
     """A stage verb's --out folder: one process at a time, the same way (here the holder is this process)."""
-    from slmkit.pipelines.errors import SlmkitError
-    from slmkit.pipelines.rundir import lock_out
-    from slmkit.pipelines.runner import run_standalone
+    from slmkit.pipelines.core.errors import SlmkitError
+    from slmkit.pipelines.core.rundir import lock_out
+    from slmkit.pipelines.core.runner import run_standalone
 
     (tmp_path / "in.txt").write_text("abc")
     cfg = toy_stages.ToyCurate(text=tmp_path / "in.txt")
@@ -159,10 +159,10 @@ def test_standalone_out_folder_is_locked(tmp_path, toy_stages):
 
 
 def test_run_in_process_refuses_while_locked(tmp_path, toy_stages, tiny_model_dir):
-    from slmkit.pipelines.errors import SlmkitError
-    from slmkit.pipelines.recipe import load_recipe
-    from slmkit.pipelines.rundir import lock_run
-    from slmkit.pipelines.runner import Run
+    from slmkit.pipelines.core.errors import SlmkitError
+    from slmkit.pipelines.core.recipe import load_recipe
+    from slmkit.pipelines.core.rundir import lock_run
+    from slmkit.pipelines.core.runner import Run
     from toy_stages import write_recipe
 
     run = Run.open(load_recipe(write_recipe(tmp_path, tiny_model_dir)), tmp_path / "runs")

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from slmkit.pipelines.errors import SlmkitError
-from slmkit.pipelines.recipe import load_recipe
-from slmkit.pipelines.runner import Run, run_standalone
+from slmkit.pipelines.core.errors import SlmkitError
+from slmkit.pipelines.core.recipe import load_recipe
+from slmkit.pipelines.core.runner import Run, run_standalone
 
 TESTS = Path(__file__).parent
 
@@ -110,7 +110,7 @@ def test_failed_stage_leaves_no_done_and_reports(tmp_path, toy_stages, tiny_mode
 
     from dataclasses import replace
 
-    from slmkit.pipelines.stages import STAGES
+    from slmkit.pipelines.core.stages import STAGES
 
     monkeypatch.setitem(STAGES, "merge", replace(STAGES["merge"], run=boom))
     with pytest.raises(RuntimeError):
@@ -138,7 +138,7 @@ def test_killed_stage_leaves_no_done_and_resumes_from_checkpoint(tmp_path, tiny_
     assert (root / "03_finetune.partial" / "partial-output.txt").exists()
 
     import toy_stages as toys
-    from slmkit.pipelines.stages import STAGES
+    from slmkit.pipelines.core.stages import STAGES
 
     originals = toys.install(STAGES)
     try:

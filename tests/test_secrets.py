@@ -22,12 +22,13 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 from rich.console import Console
-from slmkit.pipelines import bench, secrets
-from slmkit.pipelines.bench_targets import BenchClient, TargetConfig
-from slmkit.pipelines.errors import RecipeError, SlmkitError
-from slmkit.pipelines.recipe import load_recipe
-from slmkit.pipelines.stage import StageContext
-from slmkit.pipelines.teachers import TeacherConfig, make_teacher, parse_spec
+from slmkit.pipelines import bench
+from slmkit.pipelines.bench.targets import BenchClient, TargetConfig
+from slmkit.pipelines.core import secrets
+from slmkit.pipelines.core.errors import RecipeError, SlmkitError
+from slmkit.pipelines.core.recipe import load_recipe
+from slmkit.pipelines.core.stage import StageContext
+from slmkit.pipelines.distill.teachers import TeacherConfig, make_teacher, parse_spec
 
 DEFAULT_KEY = "sk-default-OPENAI-must-not-travel-111"  # in OPENAI_API_KEY for every test here
 NAMED_KEY = "named-key-value-222"

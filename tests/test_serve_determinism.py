@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from slmkit.pipelines.serve import serve_gguf
+from slmkit.pipelines.serving.server import serve_gguf
 from test_serve import SMOLLM2, sse, wide_tiny_gguf
 
 TICKETS = Path(__file__).parents[1] / "recipes/data/tickets_eval.jsonl"

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from slmkit.pipelines import serve
-from slmkit.pipelines.serve import serve_gguf
+from slmkit.pipelines.serving import server as serve
+from slmkit.pipelines.serving.server import serve_gguf
 from test_serve import SMOLLM2, token_count, wait_until_up, wide_tiny_gguf
 
 SLMKIT = Path(sys.executable).with_name("slmkit")

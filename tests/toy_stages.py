@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from pydantic import Field
-from slmkit.pipelines.stage import Outcome, StageContext
-from slmkit.pipelines.types import InputPath, ModelSpec, StrictModel
+from slmkit.pipelines.core.stage import Outcome, StageContext
+from slmkit.pipelines.core.types import InputPath, ModelSpec, StrictModel
 
 CALLS: list[str] = []
 
@@ -117,9 +117,9 @@ if __name__ == "__main__":
     # `python toy_stages.py RECIPE RUNS_DIR [override…]`: run a toy recipe in a fresh process (for kill tests).
     import sys
 
-    from slmkit.pipelines.recipe import load_recipe
-    from slmkit.pipelines.runner import Run
-    from slmkit.pipelines.stages import STAGES
+    from slmkit.pipelines.core.recipe import load_recipe
+    from slmkit.pipelines.core.runner import Run
+    from slmkit.pipelines.core.stages import STAGES
 
     install(STAGES)
     recipe = load_recipe(sys.argv[1], sys.argv[3:])

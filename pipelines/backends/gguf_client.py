@@ -18,7 +18,7 @@ from slmkit.pipelines.backends import llama_adapter
 from slmkit.pipelines.backends.base import ClientSpec, Completion, Request, completion_prompt
 from slmkit.pipelines.backends.registry import register
 from slmkit.pipelines.backends.retry import NO_RETRY, RetryPolicy
-from slmkit.pipelines.errors import SlmkitError
+from slmkit.pipelines.core.errors import SlmkitError
 
 DEFAULT_N_CTX = 4096  # room for a few-shot prompt and its answer; a model trained on less is capped by llama.cpp
 

@@ -23,7 +23,7 @@ def cut_at_stop(text: str, stop: list[str]) -> str:
 class HFClient:
     def __init__(self, spec: ClientSpec, policy: RetryPolicy = NO_RETRY, stop: threading.Event | None = None):
         import torch
-        from slmkit.pipelines.models import resolve
+        from slmkit.pipelines.core.models import resolve
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if spec.n_threads:

@@ -21,7 +21,6 @@ import threading
 import time
 from typing import Any
 
-from slmkit.pipelines import secrets
 from slmkit.pipelines.backends.base import (
     ClientSpec,
     Completion,
@@ -32,7 +31,8 @@ from slmkit.pipelines.backends.base import (
 )
 from slmkit.pipelines.backends.registry import register
 from slmkit.pipelines.backends.retry import NO_RETRY, RetryPolicy, retry_after
-from slmkit.pipelines.errors import SlmkitError
+from slmkit.pipelines.core import secrets
+from slmkit.pipelines.core.errors import SlmkitError
 
 # Statuses worth sending again: the server was busy, timed out or broke, not the request.
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -69,7 +69,7 @@ class TokenCounter:
             llm = open_llama(spec, n_ctx=0, vocab_only=True, what="tokenizer")
             self._count = lambda text: len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
         else:
-            from slmkit.pipelines.models import resolve
+            from slmkit.pipelines.core.models import resolve
             from transformers import AutoTokenizer
 
             tok = AutoTokenizer.from_pretrained(resolve(spec))

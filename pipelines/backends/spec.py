@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmkit.pipelines import secrets
+from slmkit.pipelines.core import secrets
 
 FORMS = "openai:MODEL@BASE_URL, gguf:PATH or hf:PATH_OR_NAME"
 

@@ -1,0 +1,155 @@
+"""curate: turn a messy pile of domain text into a clean, deduplicated, relevant, uncontaminated set.
+
+    read (curate_io) → filters in recipe order (filters.py) → seeded train/eval split → train.jsonl, eval.jsonl,
+    curate.json (kept/removed per filter with examples) and a Rich table.
+
+The report's counts add up: records read = removed by each filter + train + eval (checked before writing).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from slmkit.pipelines.core.errors import SlmkitError
+from slmkit.pipelines.core.stage import Outcome, StageContext
+from slmkit.pipelines.core.types import InputPaths, StrictModel
+from slmkit.pipelines.curate.filters import FILTERS, Env, Filter, clip, default_filters, label
+from slmkit.pipelines.curate.io import eval_texts, load_records, record_text, write_jsonl
+
+EXAMPLES_PER_FILTER = 5
+
+
+class SplitConfig(StrictModel):
+    eval_fraction: float = Field(0.1, ge=0, lt=1, description="share of the curated records held out for eval")
+    eval_size: int | None = Field(None, ge=0, description="hold out exactly this many instead (wins over the fraction)")
+    seed: int | None = Field(None, description="shuffle seed; default: the recipe's seed")
+
+
+class CurateConfig(StrictModel):
+    input: InputPaths = Field(default_factory=list, description="raw data files or folders")
+    hf_dataset: str | None = Field(None, description="a Hugging Face dataset id to read as well (needs the hub)")
+    hf_split: str = "train"
+    format: Literal["auto", "jsonl", "json", "csv", "parquet", "text"] = "auto"
+    fields: dict[str, str] = Field(default_factory=dict,
+                                   description="canonical -> source field: {prompt, response}, {messages} or "
+                                               "{text} (+ system); empty: detected from the first record")
+    carry: list[str] | None = Field(None, description="source fields copied to the output; default: all others")
+    prompt_template: str | None = Field(None, description="for text records: the prompt written out, with {text}")
+    eval: InputPaths = Field(default_factory=list, description="eval sets to decontaminate against")
+    filters: list[Filter] | None = Field(None, description="applied in this order; default: normalize, dedup, "
+                                                           "near_dedup, quality (+ decontaminate with eval sets)")
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    on_error: Literal["skip", "fail"] = "skip"
+    num_proc: int = Field(2, ge=1, le=64)
+
+    @model_validator(mode="after")
+    def _checks(self) -> CurateConfig:
+        if self.prompt_template is not None and "{text}" not in self.prompt_template:
+            raise ValueError("prompt_template must contain {text}")
+        return self
+
+
+def chain(config: CurateConfig) -> list[Any]:
+    return list(config.filters) if config.filters is not None else default_filters(bool(config.eval))
+
+
+def split(records: list[dict[str, Any]], cfg: SplitConfig, seed: int) -> tuple[list, list]:
+    """Seeded shuffle, then the first n go to eval; train keeps the pile's original order."""
+    n = cfg.eval_size if cfg.eval_size is not None else int(round(len(records) * cfg.eval_fraction))
+    n = min(n, len(records) - 1)  # never leave train empty
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:n])
+    return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
+
+
+def curate(config: CurateConfig, console: Any, seed: int = 0) -> dict[str, Any]:
+    """Read and filter; returns {train, eval, report}. The stage's run writes them; tests call this directly."""
+    sources: list[Any] = list(config.input)
+    if not sources and not config.hf_dataset:
+        raise SlmkitError("curate.input: no input given (files, folders, or curate.hf_dataset)")
+    records, stats = load_records(sources, fmt=config.format, fields=config.fields, carry=config.carry,
+                                  on_error=config.on_error)
+    if config.hf_dataset:
+        more, hf_stats = load_records([config.hf_dataset], fmt="hf", fields=config.fields, carry=config.carry,
+                                      on_error=config.on_error, hf_split=config.hf_split)
+        records += more
+        stats.read += hf_stats.read
+        stats.malformed += hf_stats.malformed
+        stats.examples += hf_stats.examples[:max(0, 5 - len(stats.examples))]
+    if not records:
+        raise SlmkitError(f"curate.input: no usable records in {', '.join(map(str, sources)) or config.hf_dataset} "
+                          f"({stats.malformed} malformed)")
+    evals = eval_texts(list(config.eval), config.on_error) if config.eval else []
+    rows: list[dict[str, Any]] = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=True) as progress:
+        for position, fcfg in enumerate(chain(config), 1):
+            name = label(fcfg)
+            task = progress.add_task(f"{position}. {name}", total=len(records))
+            env = Env(num_proc=config.num_proc, eval_items=evals,
+                      advance=lambda n, task=task: progress.advance(task, n), log=console.print)
+            result = FILTERS[fcfg.type](fcfg, records, env)
+            if len(result.kept) + len(result.removed) != len(records):
+                raise AssertionError(f"filter {name} lost records")  # a bug, not a user error
+            rows.append({"position": position, "filter": name, "type": fcfg.type,
+                         "in": len(records), "kept": len(result.kept), "removed": len(result.removed),
+                         "modified": result.modified, **({"notes": result.notes} if result.notes else {}),
+                         "examples": [{"where": r["_where"], "reason": why, "text": clip(record_text(r))}
+                                      for r, why in result.removed[:EXAMPLES_PER_FILTER]]})
+            progress.remove_task(task)
+            if not result.kept:
+                why = result.removed[0][1] if result.removed else ""
+                raise SlmkitError(f"curate: filter {position} '{name}' removed all {len(records)} remaining records "
+                                  f"(first: {why}); loosen its options in curate.filters")
+            records = result.kept
+    train, held = split(records, config.split, config.split.seed if config.split.seed is not None else seed)
+    report = {
+        "read": stats.read, "malformed_skipped": stats.malformed, "malformed_examples": stats.examples,
+        "eval_items": len(evals), "filters": rows, "train": len(train), "eval": len(held),
+        "chain": [f.model_dump(mode="json") for f in chain(config)],  # every option in force, defaults included
+    }
+    removed = sum(r["removed"] for r in rows)
+    if stats.read != removed + len(train) + len(held):
+        raise AssertionError("curate: counts do not add up")
+    return {"train": train, "eval": held, "report": report}
+
+
+def _short(reason: str) -> str:
+    """Reasons name records by full path; the table shows file names only (curate.json keeps the paths)."""
+    return re.sub(r"(?:[^\s/]*/)+", "", reason)
+
+
+def report_table(report: dict[str, Any]) -> Table:
+    table = Table(title="curate", show_lines=False)
+    for col, just in (("#", "right"), ("filter", "left"), ("in", "right"), ("kept", "right"),
+                      ("removed", "right"), ("modified", "right"), ("e.g. removed because", "left")):
+        table.add_column(col, justify=just)
+    table.add_row("", "read", "", str(report["read"]), str(report["malformed_skipped"]), "",
+                  (clip(report["malformed_examples"][0]["reason"], 70) if report["malformed_examples"] else ""))
+    for r in report["filters"]:
+        table.add_row(str(r["position"]), r["filter"], str(r["in"]), str(r["kept"]), str(r["removed"]),
+                      str(r["modified"]) if r["modified"] else "", clip(_short(r["examples"][0]["reason"]), 70) if r["examples"] else "")
+    table.add_row("", "[bold]split[/]", "", f"train {report['train']}", f"eval {report['eval']}", "", "")
+    return table
+
+
+def run(config: CurateConfig, ctx: StageContext) -> Outcome:
+    result = curate(config, ctx.console, seed=ctx.seed)
+    outputs = {"train": "train.jsonl", "report": "curate.json"}
+    write_jsonl(ctx.out / "train.jsonl", result["train"], config.prompt_template)
+    if result["eval"]:
+        write_jsonl(ctx.out / "eval.jsonl", result["eval"], config.prompt_template)
+        outputs["eval"] = "eval.jsonl"
+    report = result["report"]
+    (ctx.out / "curate.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    ctx.console.print(report_table(report))
+    metrics = {"read": report["read"], "train": report["train"], "eval": report["eval"],
+               "removed": {r["filter"]: r["removed"] for r in report["filters"]}}
+    return Outcome(outputs=outputs, metrics=metrics)

@@ -1,0 +1,76 @@
+"""finetune across several processes: the entry point `accelerate launch` (or torchrun) runs in every process.
+
+    accelerate launch --multi_gpu --num_processes 2 -m slmkit.pipelines.finetune.launch --config ft.json --out DIR
+
+(`--multi_gpu` also serves CPU-only machines: it is the torchrun launcher, and without CUDA the processes
+talk over gloo. `--cpu` with several processes starts one process only.)
+
+Every process trains its shard of each batch (DDP; gradients all-reduced, gloo on the CPU, NCCL on GPUs);
+rank 0 alone writes checkpoints, metrics and the adapter into DIR, and `outcome.json` once it is done.
+The finetune stage uses this itself when `processes > 1`: it launches the workers and waits, so the run
+directory still sees one stage attempt with one DONE marker.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from slmkit.pipelines.core.errors import SlmkitError
+
+OUTCOME = "outcome.json"
+
+
+def launch(config_dump: dict, out: Path, state: Path, processes: int, seed: int, console) -> dict:
+    """Run `processes` workers with accelerate and return rank 0's outcome (outputs and metrics)."""
+    import torch
+
+    spec = state / "launch-config.json"
+    spec.write_text(json.dumps({**config_dump, "processes": 1}, indent=2, default=str))
+    (out / OUTCOME).unlink(missing_ok=True)
+    # `--multi_gpu` is accelerate's torchrun launcher; without CUDA it runs CPU processes over gloo.
+    # (`--cpu` with several processes would silently start one process only.)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += ["-m", "slmkit.pipelines.finetune.launch", "--config", str(spec), "--out", str(out),
+            "--state", str(state), "--seed", str(seed)]
+    console.print(f"finetune: launching {processes} processes ({'GPU' if torch.cuda.is_available() else 'CPU, gloo'})")
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    res = subprocess.run(cmd, env=env)
+    if res.returncode != 0 or not (out / OUTCOME).exists():
+        raise SlmkitError(f"finetune: the {processes} training processes failed (exit {res.returncode}); "
+                          "see the output above")
+    return json.loads((out / OUTCOME).read_text())
+
+
+def main(argv: list[str] | None = None) -> None:
+    from rich.console import Console
+    from slmkit.pipelines.core.rundir import write_json
+    from slmkit.pipelines.core.stage import StageContext
+    from slmkit.pipelines.finetune import FinetuneConfig, train
+
+    ap = argparse.ArgumentParser(description="one finetune worker (run under accelerate launch or torchrun)")
+    ap.add_argument("--config", type=Path, required=True, help="finetune config as JSON (a recipe's section)")
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--state", type=Path, default=None, help="checkpoint folder (default: OUT/.state)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    config = FinetuneConfig.model_validate(json.loads(args.config.read_text()),
+                                           context={"base_dir": args.config.parent})
+    out = args.out.resolve()
+    state = (args.state or out / ".state").resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    rank = int(os.environ.get("RANK", "0"))
+    ctx = StageContext(stage="finetune", out=out, state=state, cache=state / "cache", upstream={},
+                       fingerprint="launch", seed=args.seed, console=Console(quiet=rank != 0))
+    outcome = train(config, ctx)
+    if rank == 0:
+        write_json(out / OUTCOME, {"outputs": outcome.outputs, "metrics": outcome.metrics})
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,159 @@
+"""Quantise a GGUF with llama.cpp's own quantiser (through llama-cpp-python), optionally guided by an importance
+matrix computed here in PyTorch.
+
+The importance matrix is, per linear layer, the mean squared input activation of each input column over the
+calibration text: the weights that multiply large activations matter most, so the quantiser spends its error
+budget elsewhere. It is handed to llama.cpp through `llama_model_quantize_params.imatrix`, keyed by GGUF tensor
+names, and saved as `imatrix.npz` so the run can be repeated.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from slmkit.pipelines.backends import llama_adapter
+from slmkit.pipelines.core.errors import SlmkitError
+
+
+@dataclass(frozen=True)
+class QType:
+    ftype: int  # llama_ftype
+    block: int  # row length must be a multiple of this, else llama.cpp falls back to another type
+
+
+# llama_ftype values of llama.cpp (LLAMA_FTYPE_MOSTLY_*); K-quants work on 256-wide super-blocks.
+QTYPES: dict[str, QType] = {
+    "Q4_0": QType(2, 32),
+    "Q8_0": QType(7, 32),
+    "Q4_K_M": QType(15, 256),
+    "Q5_K_M": QType(17, 256),
+    "Q6_K": QType(18, 256),
+}
+
+
+def check_qtype(name: str) -> str:
+    if name not in QTYPES:
+        raise SlmkitError(f"unknown qtype '{name}' (choose from {', '.join(QTYPES)})")
+    return name
+
+
+# ---------------------------------------------------------------------------------------------- imatrix
+def compute_imatrix(model_dir: Path, token_chunks: list[list[int]], progress: Callable[[int, int], None] | None = None
+                    ) -> dict[str, np.ndarray]:
+    """GGUF tensor name → mean squared input activation per input column, from forward hooks on nn.Linear."""
+    import torch
+    from slmkit.pipelines.quantize.gguf_export import iter_linear_names, open_model
+    from transformers import AutoModelForCausalLM
+
+    m = open_model(model_dir)
+    gguf_names = dict(iter_linear_names(m))
+    if m.hp["tied"]:
+        # Tied models have no output.weight: llama.cpp multiplies by token_embd, whose columns are lm_head's
+        # input columns, so lm_head's activations are exactly the importance data that matrix needs.
+        gguf_names["lm_head"] = "token_embd.weight"
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+    hooks = []
+
+    def hook_for(name: str):
+        def hook(_module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float32)
+            sums[name] = sums.get(name, 0) + (x * x).sum(0)
+            counts[name] = counts.get(name, 0) + x.shape[0]
+        return hook
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and name in gguf_names:
+            hooks.append(module.register_forward_pre_hook(hook_for(gguf_names[name])))
+    try:
+        with torch.no_grad():
+            for i, chunk in enumerate(token_chunks):
+                model(torch.tensor([chunk]))
+                if progress:
+                    progress(i + 1, len(token_chunks))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: (sums[k] / counts[k]).numpy().astype(np.float32) for k in sums}
+
+
+def save_imatrix(imatrix: dict[str, np.ndarray], path: Path) -> None:
+    partial = path.with_name(path.name + ".partial.npz")
+    np.savez(partial, **imatrix)
+    os.replace(partial, path)
+
+
+# ---------------------------------------------------------------------------------------------- quantise
+def quantize(src: Path, dst: Path, qtype: str, imatrix: dict[str, np.ndarray] | None = None,
+             threads: int | None = None) -> dict:
+    """Write `dst` (atomic: `.partial` renamed when llama.cpp reports success); returns what it chose per tensor."""
+    import llama_cpp
+
+    spec = QTYPES[check_qtype(qtype)]
+    dst = Path(dst)
+    partial = dst.with_name(dst.name + ".partial")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = spec.ftype
+    params.nthread = threads or max(1, (os.cpu_count() or 2) // 2)
+    keep = []  # ctypes buffers must outlive the call
+    if imatrix:
+        entries = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
+        for i, (name, values) in enumerate(imatrix.items()):
+            buf = np.ascontiguousarray(values, dtype=np.float32)
+            keep.append(buf)
+            entries[i].name = name.encode()
+            entries[i].data = buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            entries[i].size = buf.size
+        entries[len(imatrix)].name = None  # the list ends with a NULL name
+        keep.append(entries)
+        params.imatrix = ctypes.cast(entries, ctypes.POINTER(llama_cpp.llama_model_imatrix_data))
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        with llama_adapter.captured_log() as log:
+            rc = llama_cpp.llama_model_quantize(str(src).encode(), str(partial).encode(), ctypes.byref(params))
+        if rc != 0 or not partial.is_file():
+            tail = "".join(log[-20:])
+            raise SlmkitError(f"llama.cpp could not quantise {src} to {qtype} (code {rc}):\n{tail}")
+        os.replace(partial, dst)
+    except OSError as err:
+        raise SlmkitError(f"{dst}: cannot write the quantised GGUF ({err.strerror})") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    report = tensor_report(dst, qtype)
+    text = "".join(log)
+    # llama.cpp says which matrices it found importance data for; report it so a name mismatch cannot hide.
+    report["imatrix_entries"] = len(imatrix) if imatrix else 0
+    report["imatrix_missing"] = sorted(set(_MISSING.findall(text)))
+    return report
+
+
+_MISSING = re.compile(r"did not find weights for (\S+)")
+
+
+def tensor_report(path: Path, qtype: str | None = None) -> dict:
+    """Types chosen per tensor, and the matrices whose rows forced llama.cpp off the requested type."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    types: dict[str, int] = {}
+    fallbacks = []
+    n_params = 0
+    block = QTYPES[qtype].block if qtype else 1
+    for t in reader.tensors:
+        kind = t.tensor_type.name
+        types[kind] = types.get(kind, 0) + 1
+        n_params += int(t.n_elements)
+        row = int(t.shape[0])
+        if qtype and len(t.shape) >= 2 and row % block:
+            fallbacks.append({"tensor": t.name, "row": row, "type": kind,
+                              "why": f"row length {row} not divisible by {block}"})
+    size = path.stat().st_size
+    return {"file": path.name, "bytes": size, "n_params": n_params, "bits_per_weight": round(size * 8 / n_params, 3),
+            "tensor_types": types, "fallbacks": fallbacks}

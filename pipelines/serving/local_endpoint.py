@@ -1,0 +1,50 @@
+"""A real OpenAI-compatible endpoint on loopback for the length of a stage: the demo's teacher and its
+stand-in for a cloud baseline.
+
+`serve` names a GGUF file, or a known causal LM (see models.KNOWN), which is prepared and exported once to an
+unquantised F16 GGUF in slmkit's cache: the teacher should be the larger, unquantised model, and a user with an
+API key replaces all of this with `base_url`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from slmkit.pipelines.core import models
+from slmkit.pipelines.core.errors import SlmkitError
+
+
+def served_gguf(serve: str) -> Path:
+    """The GGUF file behind `serve`: a path as given, or the cached F16 export of a known model."""
+    path = Path(serve).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise SlmkitError(f"serve: no GGUF file at {path}")
+        return path
+    if serve not in models.KNOWN or models.KNOWN[serve].kind != "causal-lm":
+        known = ", ".join(n for n, m in models.KNOWN.items() if m.kind == "causal-lm")
+        raise SlmkitError(f"serve: '{serve}' is neither a .gguf file nor a known model ({known})")
+    target = models.cache_root() / "gguf" / f"{serve}-f16.gguf"
+    if not target.is_file():
+        from slmkit.pipelines.quantize.gguf_export import export
+
+        # export() writes a .partial file and renames it, so an interrupted export is never served.
+        export(Path(models.resolve(serve)), target, "f16", name=serve)
+    return target
+
+
+@contextlib.contextmanager
+def local_endpoint(serve: str, delay_ms: int = 0, n_threads: int | None = None,
+                   n_ctx: int = 4096, prompt_cache: bool = False) -> Iterator[tuple[str, str]]:
+    """Serve `serve` on 127.0.0.1 while the block runs; yields (base_url, model_id).
+
+    `prompt_cache=True` keeps the KV cache of the shared prompt prefix between requests (`slmkit serve
+    --prompt-cache`): faster for few-shot prompts, but an answer may then depend on the requests before it."""
+    from slmkit.pipelines.serving.server import serve_gguf
+
+    path = served_gguf(serve)
+    with serve_gguf(path, delay_ms=delay_ms, n_ctx=n_ctx, n_threads=n_threads,
+                    prompt_cache=prompt_cache) as base_url:
+        yield base_url, path.stem
