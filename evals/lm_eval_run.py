@@ -25,8 +25,8 @@ import numpy as np
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from slmkit.pipelines.backends import llama_adapter
+from slmkit.pipelines.core.defaults import N_CTX, usable_cores
 from slmkit.pipelines.core.errors import SlmkitError
-from slmkit.pipelines.core.threads import usable_cores
 
 TASK_DIR = Path(__file__).parent / "lm_eval"
 Kind = Literal["hf", "gguf"]
@@ -50,7 +50,7 @@ class SlmkitGGUFLM(TemplateLM):
     request's figures never depend on the requests before it.
     """
 
-    def __init__(self, path: str | Path, n_ctx: int = 1024, n_threads: int | None = None,
+    def __init__(self, path: str | Path, n_ctx: int = N_CTX["lm_eval"], n_threads: int | None = None,
                  max_gen_toks: int = 256, add_bos_token: bool | None = None, **_: Any) -> None:
         super().__init__()
         self.path = path = Path(path)

@@ -15,12 +15,16 @@ from pathlib import Path
 
 from pydantic import Field
 from slmkit.pipelines.core.errors import SlmkitError, StageFailed
+from slmkit.pipelines.core.rundir import write_json
 from slmkit.pipelines.core.stage import Outcome, StageContext
 from slmkit.pipelines.core.types import InputPath, ModelSpec, StrictModel
 
+# The token batch merged and base+adapter are compared on: two short chats of no particular task (one with a
+# system turn, of another length, so padding is exercised). Any text shows a broken merge or save; the check
+# is of the weights, not of what the adapter learned.
 PROBE = [
-    [{"role": "user", "content": "Extract the fields from this ticket: order 4711, printer broken, Berlin."}],
-    [{"role": "system", "content": "You answer in JSON."}, {"role": "user", "content": "Hello, who are you?"}],
+    [{"role": "user", "content": "Write one sentence about the weather, then list three colours."}],
+    [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "Hello, who are you?"}],
 ]
 
 
@@ -131,5 +135,5 @@ def run(config: MergeConfig, ctx: StageContext) -> Outcome:
     if diff > config.tolerance:
         raise StageFailed(f"merge: merged model's logits differ from base+adapter by {diff:.3e} "
                           f"> tolerance {config.tolerance:g}")
-    (out / "slmkit-merge.json").write_text(json.dumps({**metrics, "adapter": str(adapter)}, indent=2) + "\n")
+    write_json(out / "slmkit-merge.json", {**metrics, "adapter": str(adapter)})
     return Outcome(outputs={"model": "model"}, metrics=metrics)

@@ -70,16 +70,18 @@ def smollm2_gguf() -> Path | None:
 
 
 class ScriptEndpoint:
-    """An HTTP server on 127.0.0.1 answering each POST with the next reply of a script, recording every request
-    (`seen`: path, headers, JSON body). A reply is `(status, headers, body)`, `("sse", [event, ...])` (each event a
-    JSON-able object, or the raw text after `data: `), or `("hangup",)` (the connection closed unanswered)."""
+    """An HTTP server on 127.0.0.1 answering each POST with the next reply of a script (or what a function of the
+    request's JSON body returns), recording every request (`seen`: path, headers in lower case, JSON body). A reply
+    is `(status, headers, body)`, `("sse", [event, ...])` (each event a JSON-able object, or the raw text after
+    `data: `), or `("hangup",)` (the connection closed unanswered)."""
 
-    def __init__(self, script: list[tuple]):
+    def __init__(self, script):
         import json
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        self.script, self.seen = list(script), []
+        self.script = script if callable(script) else list(script)
+        self.seen: list[dict] = []
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -92,7 +94,8 @@ class ScriptEndpoint:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 endpoint.seen.append({"path": self.path, "body": body,
                                       "headers": {k.lower(): v for k, v in self.headers.items()}})
-                reply = endpoint.script.pop(0)
+                script = endpoint.script
+                reply = script(body) if callable(script) else script.pop(0)
                 self.close_connection = True
                 if reply[0] == "hangup":
                     return
@@ -116,7 +119,8 @@ class ScriptEndpoint:
                 self.wfile.write(raw)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.port = self.server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def __enter__(self):

@@ -179,3 +179,15 @@ def test_an_lm_eval_figure_holds_within_two_standard_errors_or_quality_abs():
     bare = {"baseline": "a", "targets": [{"label": "a", "status": "ok", "lm_eval": {"t": {"acc": 0.85}}}]}
     (c,) = bench_check.check(bare, reported)
     assert not c.ok and c.tolerance == "± 0.05"
+
+
+def test_report_columns_drop_only_the_prefix_all_lm_eval_tasks_share():
+    from slmkit.pipelines.bench.report import lm_eval_columns
+
+    def bench_of(*tasks):
+        return {"targets": [{"lm_eval": {t: {"acc": 0.5, "acc_stderr": 0.1} for t in tasks}}]}
+
+    assert [h for h, _, _ in lm_eval_columns(bench_of("suite_urgency", "suite_product"))] == \
+        ["urgency acc", "product acc"]
+    assert [h for h, _, _ in lm_eval_columns(bench_of("hellaswag", "arc_easy"))] == ["hellaswag acc", "arc_easy acc"]
+    assert [h for h, _, _ in lm_eval_columns(bench_of("slmkit_ticket_urgency"))] == ["slmkit_ticket_urgency acc"]

@@ -45,3 +45,24 @@ def test_few_shot_rules_are_shared_by_distill_and_bench(tmp_path):
     p.write_text("\n")
     with pytest.raises(SlmkitError, match="no few-shot pairs"):
         load_few_shot(p)
+
+
+def test_write_jsonl_is_atomic_and_keeps_non_ascii(tmp_path):
+    from slmkit.pipelines.core.jsonl import write_jsonl
+
+    out = tmp_path / "train.jsonl"
+    assert write_jsonl(out, ({"i": i, "name": "Zoë"} for i in range(3))) == 3
+    assert out.read_text(encoding="utf-8").splitlines()[0] == '{"i": 0, "name": "Zoë"}'
+
+    def broken():
+        yield {"i": 0}
+        raise RuntimeError("the producer died half-way")
+
+    with pytest.raises(RuntimeError):
+        write_jsonl(tmp_path / "half.jsonl", broken())
+    assert not (tmp_path / "half.jsonl").exists()  # never a short file under the final name ...
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["train.jsonl"]  # ... and no temporary left behind
+    before = out.read_text(encoding="utf-8")
+    with pytest.raises(RuntimeError):
+        write_jsonl(out, broken())
+    assert out.read_text(encoding="utf-8") == before  # an existing file stays whole

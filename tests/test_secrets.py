@@ -15,11 +15,10 @@ import logging
 import os
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from helpers import ScriptEndpoint
 from pydantic import ValidationError
 from rich.console import Console
 from slmkit.pipelines import bench
@@ -36,53 +35,29 @@ PASTED = "sk-abc123PastedKeyValue9876543210"  # what a user pastes into api_key_
 URL_SECRET = "hunter2PW"
 
 
-class Endpoint:
-    """An OpenAI-compatible endpoint on 127.0.0.1: SSE for `stream: true` (bench), JSON otherwise (distill).
-    `auth` holds the Authorization header of each request (None when there was none)."""
+def _answer(body: dict) -> tuple:
+    """"ok", streamed for `stream: true` (bench), as one JSON body otherwise (distill)."""
+    if body.get("stream"):
+        return ("sse", [{"choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}]},
+                        {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}, "[DONE]"])
+    return (200, {}, {"choices": [{"message": {"role": "assistant", "content": "ok"}}],
+                      "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+
+
+class Endpoint(ScriptEndpoint):
+    """An OpenAI-compatible endpoint on 127.0.0.1 that answers "ok"; `auth` holds the Authorization header of each
+    request (None when there was none), `headers` all of them."""
 
     def __init__(self):
-        self.auth: list[str | None] = []
-        self.headers: list[dict[str, str]] = []
-        endpoint = self
+        super().__init__(_answer)
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+    @property
+    def auth(self) -> list[str | None]:
+        return [r["headers"].get("authorization") for r in self.seen]
 
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                endpoint.auth.append(self.headers.get("Authorization"))
-                endpoint.headers.append(dict(self.headers))
-                if body.get("stream"):
-                    events = [{"choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}]},
-                              {"choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": 1}}]
-                    data = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
-                    ctype = "text/event-stream"
-                else:
-                    data = json.dumps({"choices": [{"message": {"role": "assistant", "content": "ok"}}],
-                                       "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
-                    ctype = "application/json"
-                raw = data.encode()
-                self.send_response(200)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(raw)))
-                self.end_headers()
-                self.wfile.write(raw)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+    @property
+    def headers(self) -> list[dict[str, str]]:
+        return [r["headers"] for r in self.seen]
 
 
 @pytest.fixture

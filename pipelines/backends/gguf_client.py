@@ -18,9 +18,10 @@ from slmkit.pipelines.backends import llama_adapter
 from slmkit.pipelines.backends.base import ClientSpec, Completion, Request, completion_prompt
 from slmkit.pipelines.backends.registry import register
 from slmkit.pipelines.backends.retry import NO_RETRY, RetryPolicy
+from slmkit.pipelines.core.defaults import N_CTX
 from slmkit.pipelines.core.errors import SlmkitError
 
-DEFAULT_N_CTX = 4096  # room for a few-shot prompt and its answer; a model trained on less is capped by llama.cpp
+DEFAULT_N_CTX = N_CTX["bench"]  # the caller's ClientSpec usually says; see core/defaults.py
 
 
 def _chat(llm, req: Request, kw: dict, stream: bool):

@@ -17,8 +17,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from slmkit.pipelines.core.defaults import usable_cores
 from slmkit.pipelines.core.errors import SlmkitError
-from slmkit.pipelines.core.threads import usable_cores
 
 # The instance methods slmkit may wrap, and what each call is: create_completion is where every request ends up
 # (chat handlers format the prompt and call it), generate samples one token at a time, eval feeds tokens in.

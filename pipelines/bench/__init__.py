@@ -26,9 +26,10 @@ from slmkit.pipelines.bench.cost import CostConfig, cost_figures
 from slmkit.pipelines.bench.interleaved import measure
 from slmkit.pipelines.bench.speed import speed_stats
 from slmkit.pipelines.bench.targets import Target, TargetConfig, size_mb
+from slmkit.pipelines.core.defaults import usable_cores
 from slmkit.pipelines.core.errors import SlmkitError, StageFailed
+from slmkit.pipelines.core.jsonl import write_jsonl
 from slmkit.pipelines.core.stage import Outcome, StageContext
-from slmkit.pipelines.core.threads import usable_cores
 from slmkit.pipelines.core.types import StrictModel
 
 
@@ -257,7 +258,8 @@ def paired_series(records: list[dict], delay_s: float) -> dict[str, list[float |
 def _measure_all(config: BenchConfig, ctx: StageContext, specs: list[TargetConfig], items: list[Item],
                  baseline: str) -> tuple[list[dict[str, Any]], list[dict]]:
     """Every target loaded at once and asked item by item (see bench_measure); then lm-eval, one at a time."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from slmkit.pipelines.core.progress import LoggedProgress
 
     task = config.task
     prompts = [(it.id, it.prompt) for it in items]
@@ -266,7 +268,7 @@ def _measure_all(config: BenchConfig, ctx: StageContext, specs: list[TargetConfi
     targets: dict[str, tuple[TargetConfig, Target]] = {}
     all_samples: list[dict] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with contextlib.ExitStack() as stack, Progress(*columns, console=ctx.console, transient=False) as bar:
+    with contextlib.ExitStack() as stack, LoggedProgress(*columns, console=ctx.console, transient=False) as bar:
         for spec in specs:
             label = spec.default_label()
             rows[label] = {"label": label, "kind": spec.kind, "note": _note(spec),
@@ -364,9 +366,7 @@ def run(config: BenchConfig, ctx: StageContext) -> Outcome:
         "targets": rows,
     }
     write_json(ctx.out / "bench.json", bench)
-    tmp = ctx.out / ".samples.jsonl.tmp"
-    bench_report.write_jsonl(tmp, all_samples)
-    tmp.replace(ctx.out / "samples.jsonl")
+    write_jsonl(ctx.out / "samples.jsonl", all_samples)
     bench_report.write_report(bench, ctx.out)
     bench_report.print_table(bench, ctx.console)
     ok_rows = [r for r in rows if r["status"] == "ok"]

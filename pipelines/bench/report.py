@@ -5,9 +5,11 @@ Every figure comes from bench.json; nothing here measures or computes a number t
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from typing import Any
+
+from slmkit.pipelines.core.rundir import write_text
 
 # (column, bench.json key, format): one table drives the console table and the markdown table alike.
 COLUMNS: list[tuple[str, str, str]] = [
@@ -50,18 +52,24 @@ def lm_eval_columns(bench: dict) -> list[tuple[str, str, str]]:
             for metric, value in figs.items():
                 if isinstance(value, (int, float)) and not metric.endswith("_stderr"):
                     seen[(task, metric)] = None
-    return [(f"{task.removeprefix('slmkit_ticket_')} {metric}", task, metric) for task, metric in seen]
+    prefix = _shared_prefix([task for task, _ in seen])
+    return [(f"{task.removeprefix(prefix)} {metric}", task, metric) for task, metric in seen]
+
+
+def _shared_prefix(tasks: list[str]) -> str:
+    """The word prefix every task name shares (`suite_a`, `suite_b` -> `suite_`), kept out of the column headers
+    so that they show what differs; none for a single task, or when it would leave a name empty."""
+    names = sorted(set(tasks))
+    if len(names) < 2:
+        return ""
+    common = os.path.commonprefix(names)
+    prefix = common[: common.rfind("_") + 1]
+    return prefix if all(len(n) > len(prefix) for n in names) else ""
 
 
 def lm_eval_cell(row: dict, task: str, metric: str) -> str:
     value = (row.get("lm_eval") or {}).get(task, {}).get(metric)
     return "–" if not isinstance(value, (int, float)) else f"{value:.3f}"
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> None:
-    with path.open("w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def print_table(bench: dict, console) -> None:
@@ -174,6 +182,4 @@ def markdown(bench: dict, plots: list[str]) -> str:
 
 def write_report(bench: dict, out: Path) -> None:
     plots = _plots(bench, out)
-    tmp = out / ".report.md.tmp"
-    tmp.write_text(markdown(bench, plots), encoding="utf-8")
-    tmp.replace(out / "report.md")
+    write_text(out / "report.md", markdown(bench, plots))

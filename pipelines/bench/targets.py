@@ -18,6 +18,7 @@ from pydantic import ConfigDict, Field, model_validator
 from slmkit.pipelines import backends
 from slmkit.pipelines.backends import NO_RETRY, ClientSpec, Request
 from slmkit.pipelines.core import secrets
+from slmkit.pipelines.core.defaults import N_CTX
 from slmkit.pipelines.core.types import InputPath, StrictModel
 
 Kind = Literal["gguf", "hf", "openai"]
@@ -42,7 +43,7 @@ class TargetConfig(StrictModel):
     few_shot: InputPath | None = Field(None, description="JSONL of {prompt, response} pairs put before each prompt")
     system: str | None = None
     n_threads: int | None = Field(None, gt=0, description="local targets: CPU threads (default: all cores)")
-    n_ctx: int = Field(4096, gt=0, description="gguf: context length")
+    n_ctx: int = Field(N_CTX["bench"], gt=0, description="gguf: context length")
     prompt_cache: bool = Field(False, description="gguf: reuse the KV of the prompt prefix shared with the previous "
                                                   "request, as llama.cpp servers do. Off by default: a prefill of "
                                                   "another shape rounds differently, so with it the same request "

@@ -1,13 +1,14 @@
-"""Reading JSONL inputs with errors that name the file and line: one reader for every stage that takes a JSONL
-file a user wrote (prompts, few-shot pairs, eval items, training records, seeds, calibration text).
-
-curate's loader is the exception: it may skip a bad line and count it (`on_error: skip`), so it keeps its own.
+"""JSONL in and out. Reading inputs with errors that name the file and line: one reader for every stage that
+takes a JSONL file a user wrote (prompts, few-shot pairs, eval items, training records, seeds, calibration
+text); curate's loader is the exception: it may skip a bad line and count it (`on_error: skip`), so it keeps its
+own. Writing: `write_jsonl`, the one JSONL writer for stage outputs (atomic, like rundir.write_text).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -87,3 +88,27 @@ def few_shot_pairs(path: Path) -> list[tuple[str, str]]:
     if not pairs:
         raise SlmkitError(f"{path}: no few-shot pairs")
     return pairs
+
+
+def write_jsonl(path: Path, records: Iterable[Any]) -> int:
+    """One JSON object per line (UTF-8, non-ASCII kept), written to a temporary name and renamed when complete: a
+    kill never leaves a short file under the final name, and a full disk is an error naming the path. Returns
+    the number of lines written."""
+    from slmkit.pipelines.core.rundir import _unlink_quietly, write_error
+
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    n = 0
+    try:
+        with tmp.open("w", encoding="utf-8") as fh:
+            for rec in records:
+                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+                n += 1
+        os.replace(tmp, path)
+    except OSError as err:
+        _unlink_quietly(tmp)
+        raise write_error(path, err) from None
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return n

@@ -14,9 +14,11 @@ import re
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from slmkit.pipelines.core.errors import SlmkitError
+from slmkit.pipelines.core.progress import LoggedProgress
+from slmkit.pipelines.core.rundir import write_text
 from slmkit.pipelines.core.stage import Outcome, StageContext
 from slmkit.pipelines.core.types import InputPaths, StrictModel
 from slmkit.pipelines.curate.filters import FILTERS, Env, Filter, clip, default_filters, label
@@ -88,7 +90,7 @@ def curate(config: CurateConfig, console: Any, seed: int = 0) -> dict[str, Any]:
                           f"({stats.malformed} malformed)")
     evals = eval_texts(list(config.eval), config.on_error) if config.eval else []
     rows: list[dict[str, Any]] = []
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    with LoggedProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True) as progress:
         for position, fcfg in enumerate(chain(config), 1):
             name = label(fcfg)
@@ -148,7 +150,7 @@ def run(config: CurateConfig, ctx: StageContext) -> Outcome:
         write_jsonl(ctx.out / "eval.jsonl", result["eval"], config.prompt_template)
         outputs["eval"] = "eval.jsonl"
     report = result["report"]
-    (ctx.out / "curate.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    write_text(ctx.out / "curate.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     ctx.console.print(report_table(report))
     metrics = {"read": report["read"], "train": report["train"], "eval": report["eval"],
                "removed": {r["filter"]: r["removed"] for r in report["filters"]}}

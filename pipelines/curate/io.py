@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from slmkit.pipelines.core import jsonl
 from slmkit.pipelines.core.errors import SlmkitError
 
 ROLES = {"system", "user", "assistant"}
@@ -338,9 +339,5 @@ def output_record(rec: dict[str, Any], prompt_template: str | None) -> dict[str,
 
 
 def write_jsonl(path: Path, records: list[dict[str, Any]], prompt_template: str | None) -> None:
-    """Written to a temporary name and renamed, so a kill never leaves a short file under the final name."""
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(output_record(rec, prompt_template), ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    """curate's output records (see output_record), through the one JSONL writer."""
+    jsonl.write_jsonl(path, (output_record(rec, prompt_template) for rec in records))

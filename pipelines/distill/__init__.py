@@ -10,7 +10,6 @@ token are stored with the record (see pipelines/kd.py for the format) for logit 
 from __future__ import annotations
 
 import contextlib
-import json
 import queue
 import signal
 import threading
@@ -24,6 +23,7 @@ from typing import Any, Literal
 from pydantic import Field
 from slmkit.pipelines.core import jsonl
 from slmkit.pipelines.core.errors import SlmkitError, StageFailed
+from slmkit.pipelines.core.rundir import write_json
 from slmkit.pipelines.core.stage import Outcome, StageContext
 from slmkit.pipelines.core.types import InputPath, StrictModel
 from slmkit.pipelines.distill.response_cache import ResponseCache, cache_key
@@ -306,13 +306,14 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def _collect(workers: _Workers, total: int, ctx: StageContext, stop: threading.Event,
              grace: float) -> list[JobResult]:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+    from slmkit.pipelines.core.progress import LoggedProgress
 
     results: list[JobResult] = []
     try:
-        with Progress(TextColumn("distill"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                      console=ctx.console, transient=True) as bar:
-            task = bar.add_task("answers", total=total)
+        with LoggedProgress(TextColumn("distill"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            console=ctx.console, transient=True) as bar:
+            task = bar.add_task("distill answers", total=total)
             for res in workers.results():
                 if res is not None:
                     results.append(res)
@@ -372,7 +373,7 @@ def _finish(config: DistillConfig, ctx: StageContext, tcfg: TeacherConfig, promp
     answered = [r for r in results if r.text is not None]
     report = _report(config, tcfg, len(prompts), results, cached_total)
     # Written before the checks below, so that a failed stage's folder says why it failed.
-    (ctx.out / "report.json").write_text(json.dumps(report, indent=2))
+    write_json(ctx.out / "report.json", report)
     _check_failure_budget(config, Counter(report["request_failures"]), report["samples"])
     if not answered:
         raise SlmkitError(f"distill: the teacher produced no usable answer for {len(prompts)} prompts "
@@ -386,7 +387,7 @@ def _finish(config: DistillConfig, ctx: StageContext, tcfg: TeacherConfig, promp
         from slmkit.pipelines.distill.logits import add_teacher_topk
 
         add_teacher_topk(records, tcfg, config, ctx)
-    _write_jsonl(ctx.out / "train.jsonl", records)
+    jsonl.write_jsonl(ctx.out / "train.jsonl", records)
     cost = _cost(tcfg, report["usage"]["prompt_tokens"], report["usage"]["completion_tokens"])
     ctx.console.print(_summary(report, cost))
     return Outcome(outputs={"train": "train.jsonl", "report": "report.json"},
@@ -427,14 +428,6 @@ def _summary(report: dict, cost: float | None) -> str:
                      "distill.max_failed_share")
     return (f"distill: {report['answered']}/{report['samples']} answers kept, " + "".join(f"{n}, " for n in notes)
             + f"{report['requests_new']} new requests, cost {'unknown' if cost is None else f'${cost:.4f}'}")
-
-
-def _write_jsonl(path: Path, records: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".part")  # renamed when complete: a kill never leaves half a file
-    with tmp.open("w", encoding="utf-8") as f:
-        for rec in records:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    tmp.rename(path)
 
 
 def _check_failure_budget(config: DistillConfig, failed: Counter, total: int) -> None:

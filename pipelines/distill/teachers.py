@@ -27,6 +27,7 @@ from slmkit.pipelines.backends import (
     completion_prompt,
 )
 from slmkit.pipelines.core import secrets
+from slmkit.pipelines.core.defaults import N_CTX
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.core.types import StrictModel
 
@@ -151,8 +152,7 @@ class Teacher:
         self.client.close()
 
 
-# A teacher's prompt (system, few-shot turns, the prompt) and its answer fit in this; a GGUF teacher's context.
-TEACHER_N_CTX = 2048
+TEACHER_N_CTX = N_CTX["teacher"]  # see core/defaults.py
 
 
 def make_teacher(cfg: TeacherConfig, stop: threading.Event | None = None, n_threads: int | None = None) -> Teacher:

@@ -9,7 +9,6 @@ best adapter by eval loss, or the last, with the tokenizer and its chat template
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -19,6 +18,7 @@ from typing import Literal
 
 from pydantic import Field
 from slmkit.pipelines.core.errors import SlmkitError
+from slmkit.pipelines.core.rundir import write_json
 from slmkit.pipelines.core.stage import Outcome, StageContext
 from slmkit.pipelines.core.types import InputPath, ModelSpec, StrictModel
 
@@ -251,7 +251,7 @@ def train(config: FinetuneConfig, ctx: StageContext, callbacks=()) -> Outcome:
         kept_step = sft_trainer.checkpoint_step(Path(trainer.state.best_model_checkpoint))
     meta = {"base_model": spec, "base_path": path, "method": config.method, "kept": config.keep, "stop": stop,
             "kept_step": kept_step, "seed": seed, "data": data_info}
-    (adapter / "slmkit-finetune.json").write_text(json.dumps(meta, indent=2) + "\n")
+    write_json(adapter / "slmkit-finetune.json", meta)
     shutil.copyfile(metrics_path, ctx.out / "metrics.jsonl")
 
     history = trainer.state.log_history

@@ -217,13 +217,14 @@ class RichProgress(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         if not state.is_world_process_zero:
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from slmkit.pipelines.core.progress import LoggedProgress
 
-        self.progress = Progress(TextColumn("finetune"), BarColumn(), MofNCompleteColumn(),
+        self.progress = LoggedProgress(TextColumn("finetune"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[tps]} tok/s"),
                                  TimeRemainingColumn(), console=self.console, transient=False)
         self.progress.start()
-        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step,
+        self.task = self.progress.add_task("finetune steps", total=state.max_steps, completed=state.global_step,
                                            loss="-", tps="-")
 
     def on_step_end(self, args, state, control, **kwargs):

@@ -19,6 +19,7 @@ from pydantic import Field, field_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from slmkit.pipelines.core import jsonl
 from slmkit.pipelines.core.errors import SlmkitError, StageFailed
+from slmkit.pipelines.core.progress import LoggedProgress
 from slmkit.pipelines.core.rundir import write_error, write_json
 from slmkit.pipelines.core.stage import Outcome, StageContext
 from slmkit.pipelines.core.types import InputPath, ModelSpec, StrictModel
@@ -104,7 +105,7 @@ def _text_source(explicit: Path | None, ctx: StageContext, key: str, sample: Pat
 
 
 def _progress(ctx: StageContext) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+    return LoggedProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=ctx.console, transient=True)
 
 
@@ -211,7 +212,8 @@ def _gate(config: QuantizeConfig, report: dict) -> None:
 
 
 def _metrics(report: dict) -> dict:
-    m = {"f16_bytes": report["export"]["bytes"]}
+    # The unquantised export's size, whatever its type (f16, bf16 or f32: `outtype`), beside each qtype's.
+    m = {"export_bytes": report["export"]["bytes"], "export_type": report["outtype"]}
     for q, info in report["quantized"].items():
         m[f"{q}_bytes"] = info["bytes"]
         m[f"{q}_bpw"] = info["bits_per_weight"]

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from slmkit.pipelines.core import models
+from slmkit.pipelines.core.defaults import N_CTX
 from slmkit.pipelines.core.errors import SlmkitError
 
 
@@ -37,7 +38,7 @@ def served_gguf(serve: str) -> Path:
 
 @contextlib.contextmanager
 def local_endpoint(serve: str, delay_ms: int = 0, n_threads: int | None = None,
-                   n_ctx: int = 4096, prompt_cache: bool = False) -> Iterator[tuple[str, str]]:
+                   n_ctx: int = N_CTX["bench"], prompt_cache: bool = False) -> Iterator[tuple[str, str]]:
     """Serve `serve` on 127.0.0.1 while the block runs; yields (base_url, model_id).
 
     `prompt_cache=True` keeps the KV cache of the shared prompt prefix between requests (`slmkit serve

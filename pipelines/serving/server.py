@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from slmkit.pipelines.backends import llama_adapter
+from slmkit.pipelines.core.defaults import N_CTX
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.serving.requests import ApiError, ChatRequest, CompletionRequest, error_body, parse
 from slmkit.pipelines.serving.token_stream import GenerationCancelled, LlamaHooks, TextPieces
@@ -97,7 +98,7 @@ _ROUTES = {
 def default_threads() -> int:
     """Every core this process may use: a server usually has the machine to itself, and llama.cpp decodes
     faster with them (but more threads than usable cores spin against each other)."""
-    from slmkit.pipelines.core.threads import usable_cores
+    from slmkit.pipelines.core.defaults import usable_cores
 
     return usable_cores()
 
@@ -140,7 +141,7 @@ class _Probe:
 class Engine:
     """One loaded GGUF: the model, its lock, and the checks a request passes before it may take the lock."""
 
-    def __init__(self, model_path: Path, n_ctx: int = 2048, n_threads: int | None = None,
+    def __init__(self, model_path: Path, n_ctx: int = N_CTX["serve"], n_threads: int | None = None,
                  prompt_cache: bool = False) -> None:
         self.llm = llama_adapter.open_llama(model_path, n_ctx, n_threads or default_threads(), what="slmkit serve")
         self.hooks = LlamaHooks(self.llm)
@@ -538,7 +539,7 @@ def api_key_from_env(var: str | None) -> str | None:
     return key
 
 
-def make_server(model_path: Path, port: int, delay_ms: int = 0, n_ctx: int = 2048, n_threads: int | None = None,
+def make_server(model_path: Path, port: int, delay_ms: int = 0, n_ctx: int = N_CTX["serve"], n_threads: int | None = None,
                 *, host: str = "127.0.0.1", prompt_cache: bool = False, api_key: str | None = None,
                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Server:
     """A server bound and loaded, not yet serving. Start-up problems are SlmkitErrors: the port is taken or out
@@ -552,7 +553,7 @@ def make_server(model_path: Path, port: int, delay_ms: int = 0, n_ctx: int = 204
     return Server(engine, sock, ServeOptions(delay_ms, api_key, max_body_bytes))
 
 
-def serve_forever(model_path: Path, port: int, delay_ms: int = 0, n_ctx: int = 2048, n_threads: int | None = None,
+def serve_forever(model_path: Path, port: int, delay_ms: int = 0, n_ctx: int = N_CTX["serve"], n_threads: int | None = None,
                   *, host: str = "127.0.0.1", prompt_cache: bool = False, api_key_env: str | None = None,
                   max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
     """`slmkit serve`: serve until interrupted (Ctrl-C or SIGTERM)."""
@@ -573,7 +574,7 @@ def serve_forever(model_path: Path, port: int, delay_ms: int = 0, n_ctx: int = 2
 
 
 @contextlib.contextmanager
-def serve_gguf(path: str | Path, port: int | None = None, delay_ms: int = 0, n_ctx: int = 2048,
+def serve_gguf(path: str | Path, port: int | None = None, delay_ms: int = 0, n_ctx: int = N_CTX["serve"],
                n_threads: int | None = None, ready_timeout: float = 120.0, *, prompt_cache: bool = False,
                host: str = "127.0.0.1", api_key_env: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, log: Path | None = None) -> Iterator[str]:
@@ -637,7 +638,7 @@ def _main(argv: list[str]) -> None:
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--delay-ms", type=int, default=0)
-    ap.add_argument("--n-ctx", type=int, default=2048)
+    ap.add_argument("--n-ctx", type=int, default=N_CTX["serve"])
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     ap.add_argument("--prompt-cache", action="store_true")
