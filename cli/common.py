@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,34 +20,79 @@ OverridesArg = typer.Argument(None, help="recipe overrides KEY.PATH=VALUE, e.g. 
 RunsDirOpt = typer.Option(Path("runs"), "--runs-dir", help="folder that holds run directories")
 RecipeOpt = typer.Option(None, "--recipe", "-r", help="run this stage from its section of a recipe file "
                                                       "(or a shipped recipe's name)")
-SetOpt = typer.Option(None, "--set", "-s", help="recipe override KEY.PATH=VALUE (with --recipe); repeatable")
 ForceOpt = typer.Option(False, "--force", help="rerun even if the output is complete for this config")
 
 
-def build_config(stage: str, values: dict[str, Any]):
-    """A stage config from command-line flags; flag values left unset fall back to the config's defaults."""
+@dataclass(frozen=True)
+class Flags:
+    """The config keys one invocation's flags gave, and the flag of every config key that has one."""
+
+    values: dict[str, Any]  # config key path (dotted for a nested key) -> value, only those given
+    names: dict[str, str] = field(default_factory=dict)  # config key path -> its flag, e.g. qtypes -> --qtype
+
+
+def recipe_overrides(stage: str, sets: list[str] | None, flags: Flags) -> list[str]:
+    """--set and the flags as overrides of a recipe's section, flags last (they win); JSON is valid YAML, so
+    lists, mappings and paths survive the trip."""
+    return list(sets or []) + [f"{stage}.{k}={json.dumps(v, default=str)}" for k, v in flags.values.items()]
+
+
+def build_config(stage: str, flags: Flags, sets: list[str] | None = None):
+    """A stage config from command-line flags and --set keys (no recipe); keys left unset keep the config's
+    defaults. A flag wins over a --set of the same key, as with --recipe."""
+    from slmkit.pipelines.core.recipe import _problems, apply_overrides, parse_override
     from slmkit.pipelines.core.stages import STAGES
 
-    model = STAGES[stage].config
-    data = {k: v for k, v in values.items() if v is not None and v != []}
+    sets = list(sets or [])
+    for text in sets:
+        if parse_override(text)[0][0] != stage:
+            raise RecipeError(f"slmkit {stage}", [f"--set {text}: without --recipe, a key is one of {stage}'s: "
+                                                   f"{stage}.KEY.PATH=VALUE"])
+    data = apply_overrides({stage: {}}, sets)[stage]
+    if not isinstance(data, dict):
+        raise RecipeError(f"slmkit {stage}", [f"--set {stage}=…: the section is a mapping; set its keys"])
+    for path, value in flags.values.items():
+        *heads, last = path.split(".")
+        node = data
+        for head in heads:
+            if not isinstance(node.get(head), dict):
+                node[head] = {}
+            node = node[head]
+        node[last] = value
     try:
-        return model.model_validate(data, context={"base_dir": Path.cwd()})
+        return STAGES[stage].config.model_validate(data, context={"base_dir": Path.cwd()})
     except ValidationError as err:
-        from slmkit.pipelines.core.recipe import _problems
-
-        problems = [_as_flag(p) for p in _problems(err, {}, set())]
+        set_keys = {".".join(map(str, parse_override(t)[0][1:])) for t in sets}
+        problems = [_as_flag(p, stage, flags, set_keys) for p in _problems(err, {}, set())]
         raise RecipeError(f"slmkit {stage}", problems) from None
 
 
-def _as_flag(problem: str) -> str:
-    """`max_steps: must be > 0` -> `--max-steps: must be > 0`: name the flag the user typed."""
-    key, _, rest = problem.partition(":")
-    head, _, tail = key.partition(".")
-    return f"--{head.replace('_', '-')}{'.' + tail if tail else ''}:{rest}"
+def _as_flag(problem: str, stage: str, flags: Flags, set_keys: set[str]) -> str:
+    """`min_top1_agreement: must be <= 1` -> `--min-top1: must be <= 1`: name what the user typed, the flag or
+    the --set key, else the flag that would set the key, else the key."""
+    key, sep, rest = problem.partition(":")
+    if not sep or key == "(top level)":
+        return problem
+    parts = key.split(".")
+    prefixes = [".".join(parts[:n]) for n in range(len(parts), 0, -1)]
+
+    def flag(prefix: str) -> str:
+        name = flags.names[prefix]
+        return f"{name}:{rest}" if prefix == key else f"{name} ({key}):{rest}"
+
+    for prefix in prefixes:
+        if prefix in flags.values:
+            return flag(prefix)
+        if prefix in set_keys:
+            return f"--set {stage}.{key}:{rest}"
+    for prefix in prefixes:
+        if prefix in flags.names:
+            return flag(prefix)
+    return f"{stage}.{key}:{rest}"
 
 
 def run_stage_verb(stage: str, *, recipe: str | None, overrides: list[str] | None, runs_dir: Path,
-                   flags: dict[str, Any], out: Path | None, force: bool) -> None:
+                   flags: Flags, out: Path | None, force: bool) -> None:
     """`slmkit <stage> …`: from a recipe's section (inside its run directory) or standalone from flags."""
     from slmkit.pipelines.core.errors import SlmkitError
     from slmkit.pipelines.core.runner import Run, run_standalone
@@ -54,9 +100,7 @@ def run_stage_verb(stage: str, *, recipe: str | None, overrides: list[str] | Non
     if recipe:
         from slmkit.pipelines.core.recipe import find_recipe, load_recipe
 
-        # Flags become overrides of the recipe's section; JSON is valid YAML, so lists and paths survive the trip.
-        sets = list(overrides or []) + [f"{stage}.{k}={json.dumps(v, default=str)}"
-                                        for k, v in flags.items() if v not in (None, [])]
+        sets = recipe_overrides(stage, overrides, flags)
         rec = load_recipe(recipe, sets)
         if getattr(rec, stage) is None:
             raise SlmkitError(f"{recipe}: the recipe has no '{stage}' section")
@@ -67,6 +111,6 @@ def run_stage_verb(stage: str, *, recipe: str | None, overrides: list[str] | Non
         return
     if out is None:
         raise SlmkitError(f"slmkit {stage}: give --out DIR (or --recipe FILE)")
-    config = build_config(stage, flags)
+    config = build_config(stage, flags, overrides)
     result = run_standalone(stage, config, out, force=force, console=console)
     console.print(f"outputs: {result.dir}")

@@ -9,31 +9,17 @@ Examples:
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import typer
-from slmkit.cli.common import ForceOpt, RecipeOpt, RunsDirOpt, SetOpt, run_stage_verb
+from slmkit.cli.config_flags import Flag, stage_command
 
 NAME = "distill"
 
+# What the verb adds to the flags made from DistillConfig (one per field).
+FLAGS = {
+    "teacher": Flag("-t"),
+    "prompts": Flag("-p"),
+    "mode": Flag("-m", help="generate (answers) or logits (answers + teacher top-k)"),
+    "temperature": Flag(help="teacher sampling temperature"),
+    "max_tokens": Flag(help="most tokens per answer"),
+}
 
-def command(
-    teacher: str = typer.Option(None, "--teacher", "-t", help="openai:MODEL@BASE_URL, hf:PATH or gguf:PATH"),
-    prompts: Path = typer.Option(None, "--prompts", "-p", help="JSONL with prompt/messages, or text, one per line"),
-    mode: str = typer.Option(None, "--mode", "-m", help="generate (answers) or logits (answers + teacher top-k)"),
-    system: str = typer.Option(None, "--system", help="system prompt for the teacher"),
-    n: int = typer.Option(None, "--n", help="answers per prompt"),
-    temperature: float = typer.Option(None, "--temperature", help="teacher sampling temperature"),
-    max_tokens: int = typer.Option(None, "--max-tokens", help="most tokens per answer"),
-    limit: int = typer.Option(None, "--limit", help="use only the first N prompts"),
-    student: str = typer.Option(None, "--student", help="logits mode: the student model (tokenizer check)"),
-    out: Path = typer.Option(None, "--out", "-o", help="output folder"),
-    recipe: str = RecipeOpt,
-    sets: list[str] = SetOpt,
-    runs_dir: Path = RunsDirOpt,
-    force: bool = ForceOpt,
-) -> None:
-    run_stage_verb(NAME, recipe=recipe, overrides=sets, runs_dir=runs_dir, out=out, force=force,
-                   flags={"teacher": teacher, "prompts": prompts, "mode": mode, "system": system, "n": n,
-                          "temperature": temperature, "max_tokens": max_tokens, "limit": limit,
-                          "student": student})
+command = stage_command(NAME, FLAGS, out_help="output folder", doc=__doc__)

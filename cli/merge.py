@@ -11,23 +11,14 @@ Examples:
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import typer
-from slmkit.cli.common import ForceOpt, RecipeOpt, RunsDirOpt, SetOpt, run_stage_verb
+from slmkit.cli.config_flags import Flag, stage_command
 
 NAME = "merge"
 
+# What the verb adds to the flags made from MergeConfig (one per field).
+FLAGS = {
+    "base": Flag("-b"),
+    "adapter": Flag("-a"),
+}
 
-def command(
-    base: str = typer.Option(None, "--base", "-b", help="base model: known name, HF folder, or HF id"),
-    adapter: Path = typer.Option(None, "--adapter", "-a", help="PEFT adapter folder"),
-    out: Path = typer.Option(None, "--out", "-o", help="output folder for the merged HF model"),
-    tolerance: float = typer.Option(None, "--tolerance", help="max |logit| difference merged vs base+adapter"),
-    recipe: str = RecipeOpt,
-    sets: list[str] = SetOpt,
-    runs_dir: Path = RunsDirOpt,
-    force: bool = ForceOpt,
-) -> None:
-    run_stage_verb(NAME, recipe=recipe, overrides=sets, runs_dir=runs_dir, out=out, force=force,
-                   flags={"base": base, "adapter": adapter, "tolerance": tolerance})
+command = stage_command(NAME, FLAGS, out_help="output folder for the merged HF model", doc=__doc__)

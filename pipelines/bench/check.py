@@ -24,7 +24,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from slmkit.pipelines.core.errors import SlmkitError
+from slmkit.pipelines.core.errors import SlmkitError, StageFailed
 
 # lm_eval_stderr: an lm-eval accuracy over n items is known only to about its standard error (0.07 at p=0.75
 # over the demo's 40 items, three items), and a reproduction on another CPU fine-tunes into weights that differ
@@ -179,3 +179,34 @@ def print_checks(checks: list[Check], console) -> None:
                       f"{c.measured:.4g}" if c.measured is not None else "–", c.tolerance,
                       "[green]ok[/]" if c.ok else "[red]MISS[/]")
     console.print(table)
+
+
+def verdict(checks: list[Check]) -> None:
+    """Raise StageFailed naming every figure outside its tolerance; return when all are within."""
+    missed = [c for c in checks if not c.ok]
+    if missed:
+        raise StageFailed(f"bench --check: {len(missed)} of {len(checks)} figures outside tolerance: "
+                          + ", ".join(f"{c.target} {c.figure}" for c in missed))
+
+
+def run_check(reported_path: Path, results_path: Path, console) -> list[Check]:
+    """`slmkit bench --check REPORTED --results BENCH_JSON`: read both, check, print the table, and raise
+    StageFailed (exit 1) if a figure is outside its tolerance. Returns the checks."""
+    reported = load(reported_path, "--check")
+    checks = check(load(results_path, "--results"), reported, where=str(reported_path))
+    print_checks(checks, console)
+    verdict(checks)
+    console.print(f"[green]✓[/] all {len(checks)} reported figures reproduced within tolerance")
+    return checks
+
+
+def write_reported_file(results_path: Path, reported_path: Path, reference: str | None, console) -> dict:
+    """`slmkit bench --write-reported REPORTED --results BENCH_JSON`: the reported figures of a bench.json,
+    written to a file with the default tolerances. Returns them."""
+    from slmkit.pipelines.core.rundir import write_json
+
+    reported = write_reported(load(results_path, "--results"), reference)
+    write_json(reported_path, reported)
+    console.print(f"wrote {reported_path} ({len(reported['targets'])} targets, speed ratios vs "
+                  f"'{reported['reference']}')")
+    return reported
