@@ -26,8 +26,8 @@ class TaskConfig(StrictModel):
     prompt_field: str = "prompt"
     answer_field: str = "answer"
     id_field: str = "id"
-    metric: MetricName = "json_fields"
-    max_tokens: int = Field(128, gt=0, le=8192)
+    metric: MetricName = Field("json_fields", description="how an answer is scored against its reference")
+    max_tokens: int = Field(128, gt=0, le=8192, description="longest answer, in tokens")
     limit: int | None = Field(None, gt=0, description="use only the first N items")
     stop: list[str] = Field(default_factory=list, description="stop strings (e.g. a blank line for base models)")
 

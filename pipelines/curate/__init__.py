@@ -36,8 +36,9 @@ class SplitConfig(StrictModel):
 class CurateConfig(StrictModel):
     input: InputPaths = Field(default_factory=list, description="raw data files or folders")
     hf_dataset: str | None = Field(None, description="a Hugging Face dataset id to read as well (needs the hub)")
-    hf_split: str = "train"
-    format: Literal["auto", "jsonl", "json", "csv", "parquet", "text"] = "auto"
+    hf_split: str = Field("train", description="with hf_dataset: the split to read")
+    format: Literal["auto", "jsonl", "json", "csv", "parquet", "text"] = Field(
+        "auto", description="input format; auto: from each file's extension")
     fields: dict[str, str] = Field(default_factory=dict,
                                    description="canonical -> source field: {prompt, response}, {messages} or "
                                                "{text} (+ system); empty: detected from the first record")
@@ -47,8 +48,9 @@ class CurateConfig(StrictModel):
     filters: list[Filter] | None = Field(None, description="applied in this order; default: normalize, dedup, "
                                                            "near_dedup, quality (+ decontaminate with eval sets)")
     split: SplitConfig = Field(default_factory=SplitConfig)
-    on_error: Literal["skip", "fail"] = "skip"
-    num_proc: int = Field(2, ge=1, le=64)
+    on_error: Literal["skip", "fail"] = Field("skip", description="an unreadable record: skip it (counted in the "
+                                                                   "report) or fail naming its file and line")
+    num_proc: int = Field(2, ge=1, le=64, description="worker processes for the filters")
 
     @model_validator(mode="after")
     def _checks(self) -> CurateConfig:

@@ -47,7 +47,8 @@ class DistillConfig(StrictModel):
     teacher: TeacherSpec = Field(description="openai:MODEL@BASE_URL (sends no key), hf:PATH or gguf:PATH, or a "
                                              "mapping (with `api_key_env` for an endpoint that needs a key)")
     prompts: InputPath | None = Field(None, description="prompts file; default: curate's output")
-    mode: Literal["generate", "logits"] = "generate"
+    mode: Literal["generate", "logits"] = Field("generate", description="generate: the teacher's answers; "
+                                                "logits: answers plus the teacher's top-k log-probs (hf teacher)")
     system: str | None = Field(None, description="system prompt for the teacher")
     few_shot: list[FewShot] = Field(default_factory=list)
     few_shot_file: InputPath | None = Field(None, description="more few-shot turns: JSONL of {prompt, response}")
@@ -56,9 +57,9 @@ class DistillConfig(StrictModel):
                               "prompt too, or also the few-shot turns (the teacher always sees all of it)")
     stop: list[str] | None = Field(None, description="stop sequences for the teacher")
     n: int = Field(1, ge=1, le=64, description="answers per prompt")
-    temperature: float = Field(0.0, ge=0)
-    max_tokens: int = Field(256, gt=0)
-    seed: int | None = None
+    temperature: float = Field(0.0, ge=0, description="teacher sampling temperature (0: greedy)")
+    max_tokens: int = Field(256, gt=0, description="longest teacher answer, in tokens")
+    seed: int | None = Field(None, description="teacher sampling seed, sent with each request")
     limit: int | None = Field(None, gt=0, description="use only the first N prompts")
     validate_: ValidateConfig = Field(default_factory=ValidateConfig, alias="validate")
     validate_retries: int = Field(2, ge=0, description="re-ask an answer that fails validation this many times")

@@ -42,19 +42,21 @@ class FinetuneConfig(StrictModel):
     data: InputPath | None = Field(None, description="training JSONL; default: distill's or curate's output")
     eval_data: InputPath | None = Field(None, description="eval JSONL; default: curate's eval, else a held-out split")
     eval_fraction: float = Field(0.1, ge=0, lt=1, description="held-out share when there is no eval file")
-    method: Literal["lora", "qlora"] = "lora"
+    method: Literal["lora", "qlora"] = Field("lora", description="lora; qlora: the base in 4-bit NF4 (bitsandbytes)")
     lora: LoraSection = Field(default_factory=LoraSection)
     max_steps: int | None = Field(100, gt=0, description="optimizer steps; null: train for `epochs`")
-    epochs: float = Field(1.0, gt=0)
-    learning_rate: float = Field(2e-4, gt=0)
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
+    epochs: float = Field(1.0, gt=0, description="passes over the data (max_steps wins when set)")
+    learning_rate: float = Field(2e-4, gt=0, description="peak learning rate of the adapter")
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="learning-rate schedule after warm-up")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of the steps spent warming up")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
     batch_size: int = Field(4, gt=0, description="rows per device per step")
-    grad_accum: int = Field(1, gt=0)
+    grad_accum: int = Field(1, gt=0, description="micro-batches per optimiser step")
     max_length: int = Field(512, gt=8, description="tokens per example (and per packed row)")
-    overlong: Literal["truncate", "drop"] = "truncate"
+    overlong: Literal["truncate", "drop"] = Field("truncate", description="an example longer than max_length: "
+                                                                           "cut it, or leave it out")
     packing: bool = Field(True, description="pack short examples into shared rows (no cross-example attention)")
     pack_length: int | None = Field(None, gt=8, description="packed row length; default: the longest example, "
                                                             "so packing fills what padding would waste without "
@@ -63,8 +65,9 @@ class FinetuneConfig(StrictModel):
     keep: Literal["best", "last"] = Field("best", description="adapter to output: best eval loss, or last")
     chat_template: str | None = Field(None, description="None: the model's own; for a base without one: "
                                                         "'chatml', 'gemma' or a Jinja string")
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    gradient_checkpointing: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype of the base weights "
+                                                                              "while training (lora)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, slower")
     target_logits_only: bool = Field(True, description="compute logits only where there is a target token "
                                                         "(needs a model that takes `logits_to_keep`)")
     seed: int | None = Field(None, description="default: the recipe's seed")

@@ -34,7 +34,7 @@ class QuantizeConfig(StrictModel):
     model: InputPath | None = Field(None, description="HF folder; default: merge's output, else the recipe's model")
     base: ModelSpec | None = Field(None, description="a known model name or HF id, when no folder is given")
     qtypes: list[str] = Field(default_factory=lambda: ["Q4_K_M"], description="Q4_K_M, Q4_0, Q5_K_M, Q6_K, Q8_0")
-    outtype: Literal["f16", "f32", "bf16"] = "f16"
+    outtype: Literal["f16", "f32", "bf16"] = Field("f16", description="type of the unquantised GGUF")
     calib: InputPath | None = Field(None, description="calibration text (.txt or .jsonl); default: curate's train")
     heldout: InputPath | None = Field(None, description="held-out text (.txt or .jsonl); default: curate's eval")
     imatrix: bool = Field(True, description="compute an importance matrix from the calibration text")
@@ -45,7 +45,7 @@ class QuantizeConfig(StrictModel):
     modelfile: bool = Field(True, description="write an Ollama Modelfile for the first qtype's GGUF")
     min_top1_agreement: float | None = Field(None, ge=0, le=1, description="fail if a quantised file agrees less")
     max_kld: float | None = Field(None, gt=0, description="fail if a quantised file's mean KLD is higher")
-    threads: int | None = Field(None, gt=0)
+    threads: int | None = Field(None, gt=0, description="CPU threads for torch and llama.cpp (default: all usable)")
 
     @field_validator("qtypes")
     @classmethod
