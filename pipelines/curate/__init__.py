@@ -1,6 +1,6 @@
 """curate: turn a messy pile of domain text into a clean, deduplicated, relevant, uncontaminated set.
 
-    read (curate_io) → filters in recipe order (filters.py) → seeded train/eval split → train.jsonl, eval.jsonl,
+    read (curate/io.py) → filters in recipe order (curate/filters/) → seeded train/eval split → train.jsonl, eval.jsonl,
     curate.json (kept/removed per filter with examples) and a Rich table.
 
 The report's counts add up: records read = removed by each filter + train + eval (checked before writing).
