@@ -9,6 +9,8 @@ from pathlib import Path
 
 import typer
 from rich.markup import escape
+
+from slmkit import __version__
 from slmkit.cli import (
     bench,
     curate,
@@ -24,8 +26,6 @@ from slmkit.cli import (
     validate,
 )
 from slmkit.cli.common import err_console
-
-from slmkit import __version__
 
 app = typer.Typer(
     name="slmkit",

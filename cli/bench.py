@@ -27,6 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+
 from slmkit.cli.common import Flags, build_config, console, recipe_overrides, run_stage_verb
 from slmkit.cli.config_flags import Flag, stage_options
 
@@ -38,6 +39,7 @@ def _target(value: str) -> str | dict:
     if not value.lstrip().startswith("{"):
         return value
     import yaml
+
     from slmkit.pipelines.core.errors import SlmkitError
 
     try:

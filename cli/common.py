@@ -10,6 +10,7 @@ from typing import Any
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+
 from slmkit.pipelines.core.errors import RecipeError
 
 console = Console()

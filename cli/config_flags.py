@@ -26,6 +26,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 from rich.markup import escape
+
 from slmkit.cli.common import Flags, ForceOpt, RecipeOpt, RunsDirOpt, run_stage_verb
 
 _SCALARS = (str, int, float, bool)

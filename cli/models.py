@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 from rich.table import Table
+
 from slmkit.cli.common import console, err_console
 
 app = typer.Typer(

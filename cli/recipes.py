@@ -20,6 +20,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 from rich.table import Table
+
 from slmkit.cli.common import console
 
 NAME = "recipes"
@@ -32,6 +33,7 @@ def command(
     force: bool = typer.Option(False, "--force", help="with --to: overwrite files that are already there"),
 ) -> None:
     import yaml
+
     from slmkit.pipelines.core.errors import SlmkitError
     from slmkit.pipelines.core.recipe import shipped
 

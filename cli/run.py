@@ -20,6 +20,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+
 from slmkit.cli.common import OverridesArg, RunsDirOpt, console
 
 NAME = "run"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import typer
 from rich.table import Table
+
 from slmkit.cli.common import RunsDirOpt, console
 
 NAME = "status"

@@ -13,6 +13,7 @@ is valid, and validate lists that code: `slmkit run` needs --allow-code (or `all
 from __future__ import annotations
 
 import typer
+
 from slmkit.cli.common import OverridesArg, console
 
 NAME = "validate"
@@ -24,6 +25,7 @@ def command(
     overrides: list[str] = OverridesArg,
 ) -> None:
     from rich.markup import escape
+
     from slmkit.pipelines.core.code_refs import describe, find_code_refs
     from slmkit.pipelines.core.recipe import find_recipe, load_recipe, stages_in
 

@@ -24,6 +24,7 @@ from typing import Any, Literal
 import numpy as np
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
+
 from slmkit.pipelines.backends import llama_adapter
 from slmkit.pipelines.core.defaults import N_CTX, usable_cores
 from slmkit.pipelines.core.errors import SlmkitError

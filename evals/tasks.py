@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
+
 from slmkit.evals.metrics import METRICS
 from slmkit.pipelines.core import jsonl
 from slmkit.pipelines.core.errors import SlmkitError

@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 from pydantic import Field
+
 from slmkit.pipelines.core.errors import SlmkitError, StageFailed
 from slmkit.pipelines.core.rundir import write_json
 from slmkit.pipelines.core.stage import Outcome, StageContext
@@ -84,8 +85,9 @@ def _logits(model, batch):
 def run(config: MergeConfig, ctx: StageContext) -> Outcome:
     import torch
     from peft import PeftModel
-    from slmkit.pipelines.core import models
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from slmkit.pipelines.core import models
 
     adapter = config.adapter or ctx.input("finetune", "adapter")
     if not (adapter / "adapter_config.json").exists():

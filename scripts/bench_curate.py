@@ -193,6 +193,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from rich.console import Console
+
     from slmkit.pipelines.core.runner import run_standalone
     from slmkit.pipelines.curate import CurateConfig
 

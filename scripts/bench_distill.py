@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+
 from slmkit.pipelines import distill
 from slmkit.pipelines.core.stage import StageContext
 from slmkit.pipelines.serving.server import serve_gguf

@@ -38,6 +38,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
+
 from slmkit.pipelines.distill.response_cache import cache_key
 from slmkit.pipelines.serving.server import free_port, serve_gguf
 

@@ -93,9 +93,10 @@ def slmkit_round(model_spec: str, data: Path, steps: int, batch_rows: int, max_l
                  seed: int, **extra) -> tuple[list[float], dict]:
     """The finetune stage itself, timed between the end of its first step and the end of its last."""
     from rich.console import Console
+    from transformers import TrainerCallback
+
     from slmkit.pipelines.core.stage import StageContext
     from slmkit.pipelines.finetune import FinetuneConfig, train
-    from transformers import TrainerCallback
 
     marks: list[tuple[float, int]] = []  # (time, real tokens so far) at the end of each step
 
@@ -176,9 +177,10 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+    from transformers import AutoTokenizer
+
     from slmkit.pipelines.core import models
     from slmkit.pipelines.finetune import sft_data
-    from transformers import AutoTokenizer
 
     torch.set_num_threads(args.threads)
     path = models.resolve(args.model)

@@ -57,6 +57,7 @@ def _decode_tps(r: dict) -> float:
 
 def gguf_pair(path: Path, prompt: str, args, progress, task) -> dict:
     from llama_cpp import Llama
+
     from slmkit.pipelines.bench.targets import BenchClient, Target
 
     target = Target(label=path.stem, kind="gguf", location=str(path), model=None, api="chat", messages_prefix=[],
@@ -120,6 +121,7 @@ def main() -> None:
 
     import torch
     from rich.progress import Progress
+
     from slmkit.pipelines.core import models
     from slmkit.pipelines.quantize import gguf_quant
     from slmkit.pipelines.serving.local_endpoint import served_gguf

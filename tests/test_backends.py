@@ -7,6 +7,7 @@ import threading
 
 import pytest
 from helpers import ScriptEndpoint
+
 from slmkit.pipelines import backends
 from slmkit.pipelines.backends import (
     NO_RETRY,

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 from helpers import tiny_llama
+from typer.testing import CliRunner
+
 from slmkit.cli.app import app
 from slmkit.pipelines import bench
 from slmkit.pipelines.bench import check as bench_check
@@ -24,7 +26,6 @@ from slmkit.pipelines.core.errors import StageFailed
 from slmkit.pipelines.core.runner import run_standalone
 from slmkit.pipelines.quantize import gguf_export
 from slmkit.pipelines.serving.server import free_port
-from typer.testing import CliRunner
 
 SECRET = "sk-test-DO-NOT-LEAK-4242"
 ITEMS = [
@@ -330,6 +331,7 @@ def test_stage_fails_only_when_every_target_fails(task_file, tmp_path):
 def test_empty_targets_bench_the_upstream_ggufs(tiny, task_file, tmp_path):
     """`bench: {}` in a recipe: every GGUF the quantize stage made, found through `from: quantize.KEY`."""
     from rich.console import Console
+
     from slmkit.pipelines.core.stage import StageContext, StageResult
 
     _, gguf = tiny

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import tiny_llama
 from pydantic import ValidationError
+
 from slmkit.pipelines import bench
 from slmkit.pipelines.bench import check as bench_check
 from slmkit.pipelines.core.runner import run_standalone

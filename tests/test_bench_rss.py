@@ -9,6 +9,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from slmkit.pipelines.bench.interleaved import own_peak_rss_mb
 
 

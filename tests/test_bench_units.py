@@ -6,6 +6,7 @@ import json
 
 import pytest
 from pydantic import ValidationError
+
 from slmkit.evals.metrics import METRICS, exact_match, first_json_object, json_fields, token_f1
 from slmkit.evals.tasks import TaskConfig, load_few_shot, load_items
 from slmkit.pipelines import bench

@@ -15,13 +15,14 @@ from typing import Literal
 import pytest
 import typer
 from pydantic import Field
+from typer.testing import CliRunner
+
 from slmkit.cli.app import app
 from slmkit.cli.common import Flags, recipe_overrides
 from slmkit.cli.config_flags import Flag, cli_type, stage_command, stage_options
 from slmkit.pipelines.core.errors import RecipeError
 from slmkit.pipelines.core.stages import STAGES
 from slmkit.pipelines.core.types import StrictModel
-from typer.testing import CliRunner
 
 VERBS = ["curate", "distill", "finetune", "merge", "quantize", "bench", "run", "status", "validate", "recipes",
          "models", "serve"]
@@ -137,9 +138,10 @@ def test_models_lists_known(monkeypatch):
 
 def test_status_table_of_a_run(tmp_path, toy_stages, tiny_model_dir, monkeypatch):
     monkeypatch.setenv("COLUMNS", "250")
+    from toy_stages import write_recipe
+
     from slmkit.pipelines.core.recipe import load_recipe
     from slmkit.pipelines.core.runner import Run
-    from toy_stages import write_recipe
 
     recipe = write_recipe(tmp_path, tiny_model_dir)
     Run.open(load_recipe(recipe), tmp_path / "runs").execute(only=["curate"])

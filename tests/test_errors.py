@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from slmkit.pipelines.core import jsonl, rundir
 from slmkit.pipelines.core.errors import SlmkitError
 
@@ -195,6 +196,7 @@ def test_gguf_short_write_names_path_and_bytes_not_none(tmp_path, tiny_model_dir
     """numpy's tofile reports a full disk as OSError("N requested and M written") with no errno: the message once
     read "writing the GGUF failed (None)"."""
     import gguf
+
     from slmkit.pipelines.quantize import gguf_export
 
     real = gguf.GGUFWriter.write_tensor_data

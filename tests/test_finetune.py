@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 from rich.console import Console
+from transformers import TrainerCallback
+
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.core.stage import StageContext
 from slmkit.pipelines.finetune import FinetuneConfig, train
 from slmkit.pipelines.finetune.sft_trainer import StopAfter
-from transformers import TrainerCallback
 
 
 def write_data(path: Path, n: int = 12) -> Path:
@@ -141,8 +142,9 @@ def test_bad_inputs_are_named(tiny_model_dir, tmp_path):
 
 
 def test_finetune_verb_standalone(tiny_model_dir, tmp_path, monkeypatch):
-    from slmkit.cli.app import app
     from typer.testing import CliRunner
+
+    from slmkit.cli.app import app
 
     data = write_data(tmp_path / "d.jsonl", 6)
     monkeypatch.chdir(tmp_path)
@@ -155,9 +157,10 @@ def test_finetune_verb_standalone(tiny_model_dir, tmp_path, monkeypatch):
 
 def test_target_only_logits_give_the_same_loss_as_full_logits(tiny_model_dir, tmp_path):
     from helpers import tiny_tokenizer
+    from transformers import AutoModelForCausalLM, TrainingArguments
+
     from slmkit.pipelines.finetune import sft_data
     from slmkit.pipelines.finetune.sft_trainer import SftTrainer
-    from transformers import AutoModelForCausalLM, TrainingArguments
 
     tok = tiny_tokenizer()
     convs = [[{"role": "user", "content": f"Order {i}?"}, {"role": "assistant", "content": "Shipped to Berlin" * i}]
@@ -264,8 +267,9 @@ def test_upstream_eval_of_bare_prompts_falls_back_to_a_held_out_split(tiny_model
 def kd_data(model_dir: Path, path: Path, n: int = 8, drop_tail: int = 0) -> Path:
     """Chat records with teacher top-k (kd.py format) taken from a real forward pass of `model_dir`."""
     from helpers import tiny_tokenizer
-    from slmkit.pipelines.finetune import kd, sft_data
     from transformers import AutoModelForCausalLM
+
+    from slmkit.pipelines.finetune import kd, sft_data
 
     tok = tiny_tokenizer()
     teacher = AutoModelForCausalLM.from_pretrained(model_dir).eval()

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.finetune import sft_data
 from slmkit.pipelines.finetune.sft_data import IGNORE

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+
 from slmkit.pipelines.core.stage import StageContext
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -15,6 +16,7 @@ pytestmark = pytest.mark.slow
 
 def test_smollm2_finetune_and_merge(tmp_path):
     import torch
+
     from slmkit.pipelines.core import models
     from slmkit.pipelines.finetune import FinetuneConfig, train
     from slmkit.pipelines.merge import MergeConfig

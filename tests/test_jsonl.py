@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from slmkit.evals.tasks import load_few_shot
 from slmkit.pipelines import distill
 from slmkit.pipelines.core import jsonl

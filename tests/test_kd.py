@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.finetune.kd import (
     check_same_vocab,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from slmkit.pipelines.backends import llama_adapter
 from slmkit.pipelines.core.errors import SlmkitError
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from slmkit.evals import lm_eval_run
 from slmkit.evals.lm_eval_run import open_lm, run_lm_eval
 from slmkit.pipelines.core.errors import SlmkitError

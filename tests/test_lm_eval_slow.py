@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from rich.console import Console
+
 from slmkit.pipelines.core.stage import StageContext
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +26,7 @@ def _ctx(out: Path, stage: str, cache: Path) -> StageContext:
 
 def test_a_student_that_knows_the_answers_scores_well_above_chance(tmp_path):
     import torch
+
     from slmkit.evals.lm_eval_run import run_lm_eval
     from slmkit.pipelines.core import models
     from slmkit.pipelines.finetune import FinetuneConfig, train

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from rich.console import Console
+
 from slmkit.pipelines.core.errors import SlmkitError, StageFailed
 from slmkit.pipelines.core.stage import StageContext
 from slmkit.pipelines.merge import MergeConfig, run
@@ -72,8 +73,9 @@ def test_not_an_adapter_is_named(tiny_model_dir, tmp_path):
 def test_finetune_then_merge_verbs(tiny_model_dir, tmp_path, monkeypatch):
     """The two verbs chained: merge finds the base in the adapter's metadata, a QLoRA adapter merges into fp32."""
     pytest.importorskip("bitsandbytes")
-    from slmkit.cli.app import app
     from typer.testing import CliRunner
+
+    from slmkit.cli.app import app
 
     data = tmp_path / "d.jsonl"
     data.write_text("".join(json.dumps({"prompt": f"q{i}", "response": f"a{i}"}) + "\n" for i in range(6)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from slmkit.pipelines.core.models import KNOWN, check_model_spec, model_digest, resolve
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from helpers import tiny_llama
+
 from slmkit.pipelines.quantize import gguf_export, ollama_modelfile
 
 # One real-world-shaped Jinja fragment per format: each must be recognised as that format and no other.

@@ -6,6 +6,7 @@ import io
 
 from rich.console import Console
 from rich.progress import BarColumn, TextColumn
+
 from slmkit.pipelines.core.progress import LoggedProgress
 
 

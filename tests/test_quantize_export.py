@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import CHAT_TEMPLATE, tiny_llama, tiny_tokenizer
+
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.quantize import gguf_export
 

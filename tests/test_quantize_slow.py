@@ -69,9 +69,10 @@ def test_gemma3_270m_export_matches_transformers():
     import tempfile
 
     import llama_cpp
+    from transformers import AutoTokenizer
+
     from slmkit.pipelines.core.models import resolve
     from slmkit.pipelines.quantize import gguf_export, retention
-    from transformers import AutoTokenizer
 
     model_dir = Path(resolve("gemma3-270m"))
     with tempfile.TemporaryDirectory() as tmp:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from slmkit.pipelines.core.errors import RecipeError
 from slmkit.pipelines.core.recipe import (
     apply_overrides,

@@ -159,11 +159,12 @@ def test_standalone_out_folder_is_locked(tmp_path, toy_stages):
 
 
 def test_run_in_process_refuses_while_locked(tmp_path, toy_stages, tiny_model_dir):
+    from toy_stages import write_recipe
+
     from slmkit.pipelines.core.errors import SlmkitError
     from slmkit.pipelines.core.recipe import load_recipe
     from slmkit.pipelines.core.rundir import lock_run
     from slmkit.pipelines.core.runner import Run
-    from toy_stages import write_recipe
 
     run = Run.open(load_recipe(write_recipe(tmp_path, tiny_model_dir)), tmp_path / "runs")
     with lock_run(run.root):

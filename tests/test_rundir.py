@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.core.recipe import load_recipe
 from slmkit.pipelines.core.runner import Run, run_standalone
@@ -138,6 +139,7 @@ def test_killed_stage_leaves_no_done_and_resumes_from_checkpoint(tmp_path, tiny_
     assert (root / "03_finetune.partial" / "partial-output.txt").exists()
 
     import toy_stages as toys
+
     from slmkit.pipelines.core.stages import STAGES
 
     originals = toys.install(STAGES)

@@ -21,6 +21,7 @@ import pytest
 from helpers import ScriptEndpoint
 from pydantic import ValidationError
 from rich.console import Console
+
 from slmkit.pipelines import bench
 from slmkit.pipelines.bench.targets import BenchClient, TargetConfig
 from slmkit.pipelines.core import secrets

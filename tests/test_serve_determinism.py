@@ -15,8 +15,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-from slmkit.pipelines.serving.server import serve_gguf
 from test_serve import SMOLLM2, sse, wide_tiny_gguf
+
+from slmkit.pipelines.serving.server import serve_gguf
 
 TICKETS = Path(__file__).parents[1] / "recipes/data/tickets_eval.jsonl"
 
@@ -72,8 +73,9 @@ def test_the_prompt_cache_is_an_opt_in_that_reuses_the_shared_prefix(tiny_gguf):
 
 
 def test_cli_documents_the_prompt_cache_and_its_price():
-    from slmkit.cli.app import app
     from typer.testing import CliRunner
+
+    from slmkit.cli.app import app
 
     out = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200).output
     flat = "".join(c for c in out if not c.isspace() and c != "│")  # however Rich wrapped the help column

@@ -18,9 +18,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_serve import SMOLLM2, token_count, wait_until_up, wide_tiny_gguf
+
 from slmkit.pipelines.serving import server as serve
 from slmkit.pipelines.serving.server import serve_gguf
-from test_serve import SMOLLM2, token_count, wait_until_up, wide_tiny_gguf
 
 SLMKIT = Path(sys.executable).with_name("slmkit")
 HI = {"messages": [{"role": "user", "content": "Order 42 was shipped on"}], "max_tokens": 4, "temperature": 0}
@@ -344,8 +345,9 @@ def test_serve_gguf_reports_the_start_up_error(tiny_gguf):
 
 
 def test_cli_has_host_api_key_prompt_cache_and_body_cap():
-    from slmkit.cli.app import app
     from typer.testing import CliRunner
+
+    from slmkit.cli.app import app
 
     out = CliRunner().invoke(app, ["serve", "--help"], terminal_width=200).output
     for flag in ("--host", "127.0.0.1", "--api-key-env", "--prompt-cache", "--max-body-bytes"):

@@ -13,6 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from pydantic import Field
+
 from slmkit.pipelines.core.stage import Outcome, StageContext
 from slmkit.pipelines.core.types import InputPath, ModelSpec, StrictModel
 

@@ -23,8 +23,9 @@ def cut_at_stop(text: str, stop: list[str]) -> str:
 class HFClient:
     def __init__(self, spec: ClientSpec, policy: RetryPolicy = NO_RETRY, stop: threading.Event | None = None):
         import torch
-        from slmkit.pipelines.core.models import resolve
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from slmkit.pipelines.core.models import resolve
 
         if spec.n_threads:
             torch.set_num_threads(spec.n_threads)

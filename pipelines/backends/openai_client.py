@@ -69,8 +69,9 @@ class TokenCounter:
             llm = open_llama(spec, n_ctx=0, vocab_only=True, what="tokenizer")
             self._count = lambda text: len(llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
         else:
-            from slmkit.pipelines.core.models import resolve
             from transformers import AutoTokenizer
+
+            from slmkit.pipelines.core.models import resolve
 
             tok = AutoTokenizer.from_pretrained(resolve(spec))
             self._count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])

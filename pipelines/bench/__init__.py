@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator, model_validator
+
 from slmkit.evals.metrics import METRICS
 from slmkit.evals.tasks import Item, TaskConfig, load_few_shot, load_items
 from slmkit.pipelines.bench.cost import CostConfig, cost_figures
@@ -259,6 +260,7 @@ def _measure_all(config: BenchConfig, ctx: StageContext, specs: list[TargetConfi
                  baseline: str) -> tuple[list[dict[str, Any]], list[dict]]:
     """Every target loaded at once and asked item by item (see bench_measure); then lm-eval, one at a time."""
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
     from slmkit.pipelines.core.progress import LoggedProgress
 
     task = config.task

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import Field
+
 from slmkit.pipelines.core.types import StrictModel
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
+
 from slmkit.pipelines import backends
 from slmkit.pipelines.backends import NO_RETRY, ClientSpec, Request
 from slmkit.pipelines.core import secrets

@@ -24,6 +24,7 @@ from typing import Annotated, Any
 
 import yaml
 from pydantic import AfterValidator, BaseModel
+
 from slmkit.pipelines.core.errors import SlmkitError
 
 # ---------------------------------------------------------------- `module:function` fields

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 from pydantic import Field, ValidationError, create_model
+
 from slmkit.pipelines.core.errors import RecipeError
 from slmkit.pipelines.core.stages import STAGES
 from slmkit.pipelines.core.types import ModelSpec, StrictModel

@@ -30,10 +30,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from slmkit import __version__
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.core.stage import Outcome, Stage, StageContext, StageResult
-
-from slmkit import __version__
 
 DONE = "DONE.json"
 RUNNING = "RUNNING.json"

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+
 from slmkit.pipelines.core import fingerprint as fp
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.core.models import model_digest

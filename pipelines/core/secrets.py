@@ -25,6 +25,7 @@ from typing import Annotated
 from urllib.parse import parse_qsl, urlsplit
 
 from pydantic import AfterValidator
+
 from slmkit.pipelines.core.errors import SlmkitError
 
 log = logging.getLogger("slmkit")

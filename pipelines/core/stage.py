@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel
 from rich.console import Console
+
 from slmkit.pipelines.core.errors import SlmkitError
 
 

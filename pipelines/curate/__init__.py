@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.core.progress import LoggedProgress
 from slmkit.pipelines.core.rundir import write_text

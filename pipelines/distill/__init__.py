@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
+
 from slmkit.pipelines.core import jsonl
 from slmkit.pipelines.core.errors import SlmkitError, StageFailed
 from slmkit.pipelines.core.rundir import write_json
@@ -308,6 +309,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 def _collect(workers: _Workers, total: int, ctx: StageContext, stop: threading.Event,
              grace: float) -> list[JobResult]:
     from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
     from slmkit.pipelines.core.progress import LoggedProgress
 
     results: list[JobResult] = []

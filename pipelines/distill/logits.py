@@ -16,8 +16,9 @@ from slmkit.pipelines.finetune.kd import check_same_vocab, encode_topk, teacher_
 
 def add_teacher_topk(records: list[dict[str, Any]], tcfg, config, ctx) -> None:
     import torch
-    from slmkit.pipelines.core.models import resolve
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from slmkit.pipelines.core.models import resolve
 
     tpath = resolve(tcfg.model)
     tok = AutoTokenizer.from_pretrained(tpath)

@@ -15,6 +15,7 @@ import threading
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, ConfigDict, Discriminator, Field, Tag, model_validator
+
 from slmkit.pipelines import backends
 from slmkit.pipelines.backends import (
     ClientSpec,

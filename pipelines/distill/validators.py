@@ -8,6 +8,7 @@ import re
 from typing import Any
 
 from pydantic import Field
+
 from slmkit.pipelines.core.types import StrictModel
 
 

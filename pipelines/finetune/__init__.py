@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
+
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.core.rundir import write_json
 from slmkit.pipelines.core.stage import Outcome, StageContext
@@ -176,10 +177,11 @@ def _warmup_steps(config: FinetuneConfig, n_rows: int, world: int) -> tuple[int,
 def train(config: FinetuneConfig, ctx: StageContext, callbacks=()) -> Outcome:
     """The whole stage; `callbacks` lets tests and benchmarks watch or stop the trainer."""
     import torch
-    from slmkit.pipelines.core import models
-    from slmkit.pipelines.finetune import sft_data, sft_trainer
     from transformers import AutoTokenizer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    from slmkit.pipelines.core import models
+    from slmkit.pipelines.finetune import sft_data, sft_trainer
 
     spec = config.model or ctx.base_model
     if spec is None:

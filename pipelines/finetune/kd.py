@@ -29,6 +29,7 @@ import hashlib
 from typing import Any
 
 import numpy as np
+
 from slmkit.pipelines.core.errors import SlmkitError
 
 

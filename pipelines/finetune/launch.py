@@ -49,6 +49,7 @@ def launch(config_dump: dict, out: Path, state: Path, processes: int, seed: int,
 
 def main(argv: list[str] | None = None) -> None:
     from rich.console import Console
+
     from slmkit.pipelines.core.rundir import write_json
     from slmkit.pipelines.core.stage import StageContext
     from slmkit.pipelines.finetune import FinetuneConfig, train

@@ -221,6 +221,7 @@ def align_teacher(ex: Example, record: dict, where: str, n_turns: int):
     Returns (ids (S, K), logprobs (S, K), has_row (S,), true token in top-k count).
     """
     import numpy as np
+
     from slmkit.pipelines.finetune import kd
 
     ids, lp = kd.decode_topk(record)

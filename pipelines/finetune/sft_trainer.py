@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from transformers import Trainer, TrainerCallback
+
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.finetune.sft_data import IGNORE
-from transformers import Trainer, TrainerCallback
 
 TRAINER_STATE = "trainer_state.json"  # written last into a checkpoint: its presence means the rest is there
 
@@ -218,6 +219,7 @@ class RichProgress(TrainerCallback):
         if not state.is_world_process_zero:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+
         from slmkit.pipelines.core.progress import LoggedProgress
 
         self.progress = LoggedProgress(TextColumn("finetune"), BarColumn(), MofNCompleteColumn(),

@@ -17,6 +17,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
 from slmkit.pipelines.core import jsonl
 from slmkit.pipelines.core.errors import SlmkitError, StageFailed
 from slmkit.pipelines.core.progress import LoggedProgress

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from slmkit.pipelines.core.errors import SlmkitError
 
 OUTTYPES = ("f16", "f32", "bf16")
@@ -302,6 +303,7 @@ def export(model_dir: Path, out_path: Path, outtype: str = "f16", progress: Call
     """Write `out_path` (GGUF) from the HF folder; atomic: a `.partial` file renamed when complete."""
     import gguf
     from safetensors import safe_open
+
     from slmkit.pipelines.quantize.gguf_vocab import write_vocab
 
     if outtype not in OUTTYPES:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from slmkit.pipelines.backends import llama_adapter
 from slmkit.pipelines.core.errors import SlmkitError
 
@@ -48,8 +49,9 @@ def compute_imatrix(model_dir: Path, token_chunks: list[list[int]], progress: Ca
                     ) -> dict[str, np.ndarray]:
     """GGUF tensor name → mean squared input activation per input column, from forward hooks on nn.Linear."""
     import torch
-    from slmkit.pipelines.quantize.gguf_export import iter_linear_names, open_model
     from transformers import AutoModelForCausalLM
+
+    from slmkit.pipelines.quantize.gguf_export import iter_linear_names, open_model
 
     m = open_model(model_dir)
     gguf_names = dict(iter_linear_names(m))

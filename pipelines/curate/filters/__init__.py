@@ -22,6 +22,7 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 from pydantic import Field
+
 from slmkit.pipelines.curate.filters.base import (
     Env,
     FilterResult,

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Literal
 
 from pydantic import Field
+
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.core.types import StrictModel
 from slmkit.pipelines.curate.filters.base import WORD, Env, FilterResult, Part, Record, Verdict, sift, view

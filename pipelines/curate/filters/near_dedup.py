@@ -8,6 +8,7 @@ from functools import lru_cache, partial
 from typing import Any, Literal
 
 from pydantic import Field
+
 from slmkit.pipelines.core.types import StrictModel
 from slmkit.pipelines.curate.filters.base import (
     WORD,

@@ -9,6 +9,7 @@ from functools import partial
 from typing import Literal
 
 from pydantic import Field
+
 from slmkit.pipelines.core.types import StrictModel
 from slmkit.pipelines.curate.filters.base import Env, FilterResult, Record, pmap, rewrite
 from slmkit.pipelines.curate.io import map_texts, record_text

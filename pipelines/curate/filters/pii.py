@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from typing import Literal
 
 from pydantic import Field
+
 from slmkit.pipelines.core.types import StrictModel
 from slmkit.pipelines.curate.filters.base import Env, FilterResult, Record, rewrite
 from slmkit.pipelines.curate.io import map_texts

@@ -10,6 +10,7 @@ from functools import partial
 from typing import Any, Literal
 
 from pydantic import Field
+
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.core.types import StrictModel
 from slmkit.pipelines.curate.filters.base import Env, FilterResult, Part, Record, pmap, sift, view

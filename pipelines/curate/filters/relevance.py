@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Literal
 
 from pydantic import Field
+
 from slmkit.pipelines.core import jsonl
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.core.types import InputPath, StrictModel
