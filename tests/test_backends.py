@@ -276,12 +276,39 @@ def test_gguf_plain_and_streamed_answers_agree_and_count_the_prompt(tiny_gguf):
         plain = client.complete(Request(messages=HELLO, max_tokens=12))
         streamed = client.complete(Request(messages=HELLO, max_tokens=12, stream=True))
         again = client.complete(Request(messages=HELLO, max_tokens=12))
-        with pytest.raises(SlmkitError, match="log-probabilities are not available"):
-            client.complete(Request(messages=HELLO, logprobs=2))
     finally:
         client.close()
     assert plain.text == again.text and plain.prompt_tokens == streamed.prompt_tokens > 0
     assert plain.ttft_s is None and plain.completion_tokens > 0 and streamed.e2e_s > 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_gguf_logprobs_are_the_models_own(tiny_gguf, stream):
+    """The per-token log-probabilities read from the last logits match llama-cpp-python's own (which need
+    logits for every position), one per answer token, the greedy token the likeliest."""
+    from slmkit.pipelines.backends import llama_adapter
+    from slmkit.pipelines.backends.base import completion_prompt
+
+    client = make_client(ClientSpec(kind="gguf", location=str(tiny_gguf), api="completions", n_ctx=512,
+                                    n_threads=1))
+    try:
+        got = client.complete(Request(messages=HELLO, max_tokens=10, logprobs=3, stream=stream))
+        plain = client.complete(Request(messages=HELLO, max_tokens=10))
+    finally:
+        client.close()
+    assert got.text == plain.text and plain.logprobs is None
+    assert len(got.logprobs) == got.completion_tokens > 0
+    assert all(len(t) <= 3 and max(t.values()) == next(iter(t.values())) for t in got.logprobs)
+    ref_llm = llama_adapter.open_llama(tiny_gguf, n_ctx=512, n_threads=1, logits_all=True)
+    try:
+        ref = ref_llm.create_completion(prompt=completion_prompt(HELLO), max_tokens=10, logprobs=1,
+                                        temperature=0.0)["choices"][0]
+    finally:
+        ref_llm.close()
+    assert ref["text"] == got.text
+    mine = [next(iter(t.values())) for t in got.logprobs]
+    theirs = ref["logprobs"]["token_logprobs"][: len(mine)]
+    assert mine == pytest.approx(theirs, abs=1e-3)
 
 
 def test_a_missing_gguf_names_the_config(tmp_path):

@@ -19,7 +19,6 @@ from slmkit.pipelines.backends.base import ClientSpec, Completion, Request, comp
 from slmkit.pipelines.backends.registry import register
 from slmkit.pipelines.backends.retry import NO_RETRY, RetryPolicy
 from slmkit.pipelines.core.defaults import N_CTX
-from slmkit.pipelines.core.errors import SlmkitError
 
 DEFAULT_N_CTX = N_CTX["bench"]  # the caller's ClientSpec usually says; see core/defaults.py
 
@@ -47,50 +46,84 @@ class GGUFClient:
                                             n_threads=spec.n_threads, what=spec.where)
         self._lock = threading.Lock()
         self._prompt_tokens = 0
+        self._top_k: int | None = None  # log-probabilities asked for by the request in progress
+        self._logprobs: list[dict[str, float]] = []
 
         def counted(generate):
             def counted_generate(tokens, *args, **kwargs):
                 self._prompt_tokens = len(tokens)
-                return generate(tokens, *args, **kwargs)
+                for tok in generate(tokens, *args, **kwargs):
+                    if self._top_k and not llama_adapter.is_end_of_generation(self.llm, tok):
+                        self._logprobs.append(self._token_logprobs(tok, self._top_k))
+                    yield tok
             return counted_generate
 
         llama_adapter.wrap_method(self.llm, "generate", counted)
+
+    def _token_logprobs(self, tok: int, k: int) -> dict[str, float]:
+        """The sampled token's log-probability under the model (before any sampler), then the k-1 likeliest
+        others: computed from the logits llama.cpp sampled it from, so no logits_all is needed."""
+        import numpy as np
+
+        logits = llama_adapter.last_logits(self.llm).astype(np.float64)
+        logp = logits - (logits.max() + np.log(np.exp(logits - logits.max()).sum()))
+        best = np.argpartition(-logp, k)[:k] if k < len(logp) else np.arange(len(logp))
+        out = {self._piece(tok): float(logp[tok])}
+        for i in sorted(best, key=lambda i: -logp[i]):
+            if len(out) >= k:
+                break
+            out.setdefault(self._piece(int(i)), float(logp[i]))
+        return out
+
+    def _piece(self, tok: int) -> str:
+        return self.llm.detokenize([tok]).decode("utf-8", "replace")
 
     def count(self, text: str) -> int:
         return len(self.llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)) if text else 0
 
     def complete(self, request: Request) -> Completion:
-        if request.logprobs:
-            raise SlmkitError(f"{self.spec.where}: log-probabilities are not available from a gguf model here; "
-                              "use an hf model for them")
         call, whole, piece_of = _APIS[self.spec.api]
         kw = {"max_tokens": request.max_tokens, "temperature": request.temperature, "stop": request.stop or None}
         kw |= {k: getattr(request, k) for k in ("top_p", "seed") if getattr(request, k) is not None}
         with self._lock:
             if not self.spec.prompt_cache:
                 self.llm.reset()
-            start = time.perf_counter()
-            if not request.stream:
-                out = call(self.llm, request, kw, False)
-                end = time.perf_counter()
-                usage = out.get("usage") or {}
-                choice = out["choices"][0]
-                return Completion(whole(choice), int(usage.get("prompt_tokens", 0)),
-                                  int(usage.get("completion_tokens", 0)), None, end - start, "usage",
-                                  choice.get("finish_reason"))
-            parts: list[str] = []
-            first, finish = None, None
-            for chunk in call(self.llm, request, kw, True):
-                choice = chunk["choices"][0]
-                piece = piece_of(choice)
-                if piece:
-                    first = first or time.perf_counter()
-                    parts.append(piece)
-                finish = finish or choice.get("finish_reason")
+            self._top_k, self._logprobs = request.logprobs, []
+            try:
+                return self._complete(request, call, whole, piece_of, kw)
+            finally:
+                self._top_k = None
+
+    def _complete(self, request: Request, call, whole, piece_of, kw: dict) -> Completion:
+        start = time.perf_counter()
+        if not request.stream:
+            out = call(self.llm, request, kw, False)
             end = time.perf_counter()
-            text = "".join(parts)
-            return Completion(text, self._prompt_tokens, self.count(text), None if first is None else first - start,
-                              end - start, "tokenizer", finish)
+            usage = out.get("usage") or {}
+            choice = out["choices"][0]
+            return Completion(whole(choice), int(usage.get("prompt_tokens", 0)),
+                              int(usage.get("completion_tokens", 0)), None, end - start, "usage",
+                              choice.get("finish_reason"),
+                              self._taken_logprobs(request, int(usage.get("completion_tokens", 0))))
+        parts: list[str] = []
+        first, finish = None, None
+        for chunk in call(self.llm, request, kw, True):
+            choice = chunk["choices"][0]
+            piece = piece_of(choice)
+            if piece:
+                first = first or time.perf_counter()
+                parts.append(piece)
+            finish = finish or choice.get("finish_reason")
+        end = time.perf_counter()
+        text = "".join(parts)
+        return Completion(text, self._prompt_tokens, self.count(text), None if first is None else first - start,
+                          end - start, "tokenizer", finish,
+                          self._taken_logprobs(request, self.count(text)))
+
+    def _taken_logprobs(self, request: Request, n_tokens: int) -> list[dict[str, float]] | None:
+        # llama-cpp-python samples until a stop string is complete and then cuts it from the text, so the
+        # stop's own tokens were sampled too: one entry per token of the answer, the first n_tokens.
+        return self._logprobs[:n_tokens] if request.logprobs else None
 
     def close(self) -> None:
         self.llm.close()

@@ -82,6 +82,15 @@ def rewind(llm, n_tokens: int) -> None:
     llm.n_tokens = int(n_tokens)
 
 
+def last_logits(llm):
+    """The logits the next token is sampled from: the last evaluated position's (a copy, shape [n_vocab]).
+    llama.cpp keeps them after every decode even with logits_all=False, so a generate hook can read the
+    distribution each sampled token came from without the memory of logits for every position."""
+    import numpy as np
+
+    return np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(llm.n_vocab(),)).copy()
+
+
 def scores(llm):
     """The logits of every evaluated position (a view; needs logits_all=True), shape [n_tokens, n_vocab]."""
     return llm.scores
