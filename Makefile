@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-slow demo reproduce bench bench-all bench-curate bench-distill bench-faults bench-finetune bench-serve bench-quantize bench-quantize-reference lint clean
+.PHONY: setup test test-slow demo reproduce bench bench-all bench-curate bench-distill bench-faults bench-finetune bench-serve bench-route bench-quantize bench-quantize-reference lint clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,7 @@ demo: setup
 reproduce: setup
 	$(WIDE) $(BIN)/slmkit run demo
 	$(WIDE) $(BIN)/slmkit bench --check recipes/demo.reported.json --results runs/demo/06_bench/bench.json
+	$(WIDE) $(BIN)/slmkit route --check recipes/demo.route.reported.json --results runs/demo/07_route/route.json
 
 lint: setup
 	$(BIN)/ruff check cli pipelines evals slmkit tests scripts
@@ -70,6 +71,11 @@ bench-faults: setup
 # slmkit serve's time to first token with and without --prompt-cache, interleaved (bench-results/serve.json).
 bench-serve: setup
 	$(BIN)/python scripts/bench_serve.py
+
+# The router's own cost: decision time per request (rules, classifier) and the served router against the local
+# model served directly, interleaved (bench-results/route.json).
+bench-route: setup
+	$(BIN)/python scripts/bench_route.py
 
 bench-finetune: setup
 	$(BIN)/python scripts/bench_finetune.py

@@ -20,6 +20,7 @@ from slmkit.cli import (
     models,
     quantize,
     recipes,
+    route,
     run,
     serve,
     status,
@@ -43,7 +44,7 @@ app = typer.Typer(
 )
 
 # The pipeline's stage verbs, in pipeline order, then the verbs that drive and inspect runs.
-for module in (curate, distill, finetune, merge, quantize, bench, run, status, validate, recipes, serve):
+for module in (curate, distill, finetune, merge, quantize, bench, route, run, status, validate, recipes, serve):
     app.command(name=module.NAME, help=module.__doc__, no_args_is_help=getattr(module, "NO_ARGS_HELP", False))(
         module.command
     )

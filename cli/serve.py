@@ -10,12 +10,21 @@ Examples:
 
   slmkit serve model.gguf --prompt-cache   # faster first token for prompts that share a prefix; see below
 
+  slmkit serve --router runs/demo/07_route/router.json   # one endpoint in front of the SLM and the remote LLM
+
+  slmkit serve --router router.json --remote-url https://api.example.com/v1   # the remote at another address
+
 Both /v1/chat/completions and /v1/completions answer `"stream": true` with server-sent events. By default every
 prompt is prefilled from scratch, so the same request gets the same answer whatever came before it.
 `--prompt-cache` keeps the KV cache of the previous prompt and evaluates only what follows the common prefix
 (llama.cpp server's cache_prompt): a lower time to first token when prompts share a long prefix (a system
 message, few-shot examples), but a prefill of another shape rounds differently, so a greedy answer can then
 depend on the requests before it (scripts/bench_serve.py measures the gain).
+
+With --router (a router.json written by `slmkit route`), each chat request is routed live between the local GGUF
+the router was fitted on and the remote endpoint (or the recipe's local stand-in for it, served again); the
+answer says who answered and why (X-Slmkit-Route headers, a `slmkit_route` field), a failing remote falls back
+to the local answer, a local answer that fails the task's validation escalates, and GET /v1/route/stats counts.
 """
 
 from __future__ import annotations
@@ -24,18 +33,20 @@ from pathlib import Path
 
 import typer
 
+from slmkit.pipelines.core.defaults import N_CTX
+
 NAME = "serve"
 NO_ARGS_HELP = True
 
 
 def command(
-    model: Path = typer.Argument(..., help="GGUF file to serve"),
+    model: Path = typer.Argument(None, help="GGUF file to serve (not with --router)"),
     port: int = typer.Option(18080, "--port", "-p", min=1, max=65535, help="port to listen on"),
     host: str = typer.Option("127.0.0.1", "--host",
                              help="address to listen on (0.0.0.0 or :: for every interface: use --api-key-env)"),
     delay_ms: int = typer.Option(0, "--delay-ms", min=0,
                                  help="extra latency before the first byte of every answer, in milliseconds"),
-    n_ctx: int = typer.Option(2048, "--n-ctx", min=1, help="context length (prompt plus answer, in tokens)"),
+    n_ctx: int = typer.Option(N_CTX["serve"], "--n-ctx", min=1, help="context length (prompt plus answer, in tokens)"),
     threads: int | None = typer.Option(None, "--threads", min=1, show_default="all cores",
                                        help="CPU threads for the model"),
     prompt_cache: bool = typer.Option(False, "--prompt-cache",
@@ -46,7 +57,27 @@ def command(
                                                 "this environment variable (never printed)"),
     max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1,
                                        help="largest request body accepted (413 beyond)"),
+    router: Path = typer.Option(None, "--router", help="serve this router.json (from `slmkit route`) instead of "
+                                                       "one model"),
+    local: Path = typer.Option(None, "--local", help="with --router: the local GGUF, if it has moved (it must be "
+                                                     "the file the router was fitted on)"),
+    remote_url: str = typer.Option(None, "--remote-url", help="with --router: the remote endpoint's base URL "
+                                                              "(default: router.json's, or its served stand-in)"),
 ) -> None:
+    from slmkit.pipelines.core.errors import SlmkitError
+
+    if router is not None:
+        if model is not None:
+            raise SlmkitError("slmkit serve: give a GGUF file or --router, not both")
+        from slmkit.pipelines.serving.router_server import serve_router
+
+        serve_router(router, port, host=host, local=local, remote_url=remote_url, n_threads=threads,
+                     api_key_env=api_key_env)
+        return
+    if model is None:
+        raise SlmkitError("slmkit serve: give the GGUF file to serve (or --router ROUTER_JSON)")
+    if local is not None or remote_url is not None:
+        raise SlmkitError("slmkit serve: --local and --remote-url go with --router")
     from slmkit.pipelines.serving.server import serve_forever
 
     serve_forever(model, port, delay_ms, n_ctx, threads, host=host, prompt_cache=prompt_cache,

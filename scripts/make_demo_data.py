@@ -115,6 +115,109 @@ def ticket(rng: random.Random) -> dict:
     return {"ticket": text, "answer": answer}
 
 
+# The router's traffic also holds tickets in French, German and Spanish: customers of an English helpdesk who
+# write in their own language, which the student (tuned on English tickets only) has never seen. Same fields,
+# same ground truth; whether the SLM or the remote model reads them better is what route measures.
+FOREIGN = {
+    "fr": {
+        "problems": {
+            "billing": ["{p} m'a facturé deux fois ce mois-ci.", "Ma facture {p} indique le mauvais forfait.",
+                        "{p} a débité mon ancienne carte bancaire."],
+            "technical": ["{p} plante à chaque ouverture depuis la dernière mise à jour.",
+                          "Je n'arrive pas à connecter {p}, ça tourne dans le vide.",
+                          "Les fichiers enregistrés hier dans {p} ont disparu."],
+            "account": ["Je ne peux pas me connecter à {p}, l'e-mail de réinitialisation n'arrive jamais.",
+                        "Merci de changer l'adresse e-mail de mon compte {p}."],
+            "feature_request": ["Ce serait bien que {p} ait un mode sombre.", "{p} pourrait-il exporter en CSV ?"],
+        },
+        "urgency": {"high": ["C'est urgent, toute notre équipe est bloquée.", "URGENT : nous perdons de l'argent."],
+                    "normal": ["Pouvez-vous regarder quand vous pourrez ?", "Merci de vous en occuper."],
+                    "low": ["Rien de pressé, simple curiosité.", "Pas prioritaire du tout."]},
+        "refund": ["Je voudrais être remboursé.", "Merci de me rembourser le montant en trop."],
+        "order": ["Mon numéro de commande est {o}.", "(commande {o})", "Réf. : {o}"],
+        "greetings": ["Bonjour,", "Madame, Monsieur,", ""],
+        "sign_offs": ["Cordialement,\n{n}", "Merci, {n}", "{n}"],
+    },
+    "de": {
+        "problems": {
+            "billing": ["{p} hat mir diesen Monat zweimal berechnet.", "Meine Rechnung für {p} zeigt den falschen Tarif.",
+                        "{p} hat meine alte Kreditkarte belastet."],
+            "technical": ["{p} stürzt seit dem letzten Update bei jedem Start ab.",
+                          "Ich bekomme keine Verbindung mit {p}, es lädt endlos.",
+                          "Dateien, die ich gestern in {p} gespeichert habe, sind weg."],
+            "account": ["Ich kann mich nicht bei {p} anmelden, die E-Mail zum Zurücksetzen kommt nie an.",
+                        "Bitte ändern Sie die E-Mail-Adresse meines {p}-Kontos."],
+            "feature_request": ["Ein dunkler Modus für {p} wäre toll.", "Könnte {p} nach CSV exportieren?"],
+        },
+        "urgency": {"high": ["Dringend, unser ganzes Team ist blockiert.", "DRINGEND: wir verlieren jede Stunde Geld."],
+                    "normal": ["Könnten Sie sich das ansehen?", "Danke, dass Sie sich darum kümmern."],
+                    "low": ["Keine Eile, nur aus Neugier.", "Nicht wichtig, wann immer Sie Zeit haben."]},
+        "refund": ["Ich möchte eine Rückerstattung.", "Bitte erstatten Sie den zu viel berechneten Betrag."],
+        "order": ["Meine Bestellnummer ist {o}.", "(Bestellung {o})", "Ref.: {o}"],
+        "greetings": ["Hallo,", "Sehr geehrte Damen und Herren,", ""],
+        "sign_offs": ["Viele Grüße\n{n}", "Danke, {n}", "{n}"],
+    },
+    "es": {
+        "problems": {
+            "billing": ["{p} me cobró dos veces este mes.", "Mi factura de {p} muestra el plan equivocado.",
+                        "{p} cargó mi tarjeta antigua aunque la actualicé."],
+            "technical": ["{p} se cierra cada vez que lo abro desde la última actualización.",
+                          "No consigo conectar {p}, se queda cargando.",
+                          "Los archivos que guardé ayer en {p} han desaparecido."],
+            "account": ["No puedo entrar en {p}, el correo para restablecer la contraseña nunca llega.",
+                        "Por favor, cambien el correo de mi cuenta de {p}."],
+            "feature_request": ["Sería genial que {p} tuviera modo oscuro.", "¿Podría {p} exportar a CSV?"],
+        },
+        "urgency": {"high": ["Es urgente, todo nuestro equipo está bloqueado.", "URGENTE: perdemos dinero cada hora."],
+                    "normal": ["¿Pueden revisarlo cuando puedan?", "Gracias por mirarlo."],
+                    "low": ["Sin prisa, solo curiosidad.", "No es importante, cuando tengan tiempo."]},
+        "refund": ["Quiero un reembolso.", "Por favor, devuélvanme el cargo de más."],
+        "order": ["Mi número de pedido es {o}.", "(pedido {o})", "Ref.: {o}"],
+        "greetings": ["Hola,", "Buenos días,", ""],
+        "sign_offs": ["Saludos,\n{n}", "Gracias, {n}", "{n}"],
+    },
+}
+
+
+def foreign_ticket(rng: random.Random, lang: str) -> dict:
+    """A ticket as `ticket` builds one, written in `lang` from that language's phrase table."""
+    words = FOREIGN[lang]
+    product = rng.choice(list(PRODUCTS))
+    category = rng.choice(list(words["problems"]))
+    urgency = rng.choice(["normal", "low"]) if category == "feature_request" else \
+        rng.choices(["high", "normal", "low"], weights=[3, 5, 2])[0]
+    name = f"{rng.choice(FIRST)} {rng.choice(LAST)}"
+    refund = category == "billing" and rng.random() < 0.6
+    order_id = f"ORD-{rng.randint(10000, 99999)}" if rng.random() < 0.55 else None
+    parts = [rng.choice(words["greetings"]), rng.choice(words["problems"][category]).format(p=rng.choice(PRODUCTS[product]))]
+    if order_id:
+        parts.append(rng.choice(words["order"]).format(o=order_id))
+    if refund:
+        parts.append(rng.choice(words["refund"]))
+    parts.append(rng.choice(words["urgency"][urgency]))
+    parts.append(rng.choice(words["sign_offs"]).format(n=name))
+    answer = {"customer_name": name, "product": product, "urgency": urgency, "order_id": order_id,
+              "refund_requested": refund}
+    return {"ticket": "\n".join(p for p in parts if p), "answer": answer}
+
+
+def route_traffic(seed: int, exclude: set[str], n_english: int = 32, n_foreign: int = 32) -> list[dict]:
+    """The router's traffic: new English tickets (in no pile, no eval set) mixed with foreign-language ones,
+    shuffled, each with its ground truth and its language (for reports only; the router never sees it)."""
+    rng = random.Random(seed)
+    rows: list[dict] = []
+    seen = set(exclude)
+    while len(rows) < n_english + n_foreign:
+        lang = "en" if len(rows) < n_english else sorted(FOREIGN)[len(rows) % len(FOREIGN)]
+        t = ticket(rng) if lang == "en" else foreign_ticket(rng, lang)
+        if t["ticket"] not in seen:
+            seen.add(t["ticket"])
+            rows.append({"prompt": f"{INSTRUCTION}\n\nTicket:\n{t['ticket']}", "ticket": t["ticket"],
+                         "answer": t["answer"], "lang": lang})
+    rng.shuffle(rows)
+    return [{"id": f"r{i:03d}", **r} for i, r in enumerate(rows)]
+
+
 def near_duplicate(rng: random.Random, text: str) -> str:
     """A copy a real pile would hold: a changed greeting, a typo, extra whitespace."""
     edits = [
@@ -178,11 +281,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     raw, evals, shots = build(args.seed)
+    traffic = route_traffic(args.seed + 2, {r["text"] for r in raw} | {e["ticket"] for e in evals})
     args.out.mkdir(parents=True, exist_ok=True)
+    write_jsonl(args.out / "route_traffic.jsonl", traffic)
     write_jsonl(args.out / "tickets_raw.jsonl", raw)
     write_jsonl(args.out / "tickets_eval.jsonl", evals)
     write_jsonl(args.out / "teacher_shots.jsonl", shots)
-    print(f"{len(raw)} raw records, {len(evals)} eval items, {len(shots)} teacher examples -> {args.out}")
+    print(f"{len(raw)} raw records, {len(evals)} eval items, {len(shots)} teacher examples, "
+          f"{len(traffic)} router traffic items -> {args.out}")
 
 
 if __name__ == "__main__":

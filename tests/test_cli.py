@@ -24,8 +24,8 @@ from slmkit.pipelines.core.errors import RecipeError
 from slmkit.pipelines.core.stages import STAGES
 from slmkit.pipelines.core.types import StrictModel
 
-VERBS = ["curate", "distill", "finetune", "merge", "quantize", "bench", "run", "status", "validate", "recipes",
-         "models", "serve"]
+VERBS = ["curate", "distill", "finetune", "merge", "quantize", "bench", "route", "run", "status", "validate",
+         "recipes", "models", "serve"]
 
 
 def slmkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -153,7 +153,7 @@ def test_status_table_of_a_run(tmp_path, toy_stages, tiny_model_dir, monkeypatch
 
 # ------------------------------------------------------------------ stage verbs' flags, made from their configs
 
-STAGE_VERBS = ["curate", "distill", "finetune", "merge", "quantize", "bench"]
+STAGE_VERBS = ["curate", "distill", "finetune", "merge", "quantize", "bench", "route"]
 
 
 def _one_verb_app(name: str, command) -> typer.Typer:

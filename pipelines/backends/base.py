@@ -8,6 +8,7 @@ of the whole answer, and how many attempts it took.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -32,6 +33,8 @@ class Request:
     # streamed: one plain answer (what a paid teacher call wants: one body, retried whole if it comes back broken).
     stream: bool = False
     logprobs: int | None = None  # top-k log-probabilities per generated token, where the backend has them
+    # Streamed: called with each piece of text as it arrives (a server passing an answer through as it is made).
+    on_text: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass

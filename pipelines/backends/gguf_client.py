@@ -113,6 +113,8 @@ class GGUFClient:
             if piece:
                 first = first or time.perf_counter()
                 parts.append(piece)
+                if request.on_text is not None:
+                    request.on_text(piece)
             finish = finish or choice.get("finish_reason")
         end = time.perf_counter()
         text = "".join(parts)

@@ -274,7 +274,9 @@ def _measure_all(config: BenchConfig, ctx: StageContext, specs: list[TargetConfi
         for spec in specs:
             label = spec.default_label()
             rows[label] = {"label": label, "kind": spec.kind, "note": _note(spec),
-                           "reference": spec.reference or (None if label == baseline else baseline)}
+                           "reference": spec.reference or (None if label == baseline else baseline),
+                           # the target's own config, so route can ask the same target again
+                           "spec": spec.model_dump(mode="json", by_alias=True, exclude_none=True)}
             try:
                 target, facts = stack.enter_context(ready(spec, ctx))
             except SlmkitError as exc:

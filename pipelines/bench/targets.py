@@ -124,6 +124,7 @@ class Target:
     tokenizer: str | None
     timeout: float
     prompt_cache: bool = False
+    logprobs: bool = False  # record each answer token's log-probability (route's confidence signals)
 
 
 @dataclass
@@ -134,6 +135,7 @@ class Reply:
     prompt_tokens: int
     completion_tokens: int
     token_source: str  # tokenizer | usage | estimate
+    token_logprobs: list[float] | None = None  # the sampled tokens' own, when the target records them
 
 
 def client_spec(target: Target) -> ClientSpec:
@@ -158,8 +160,9 @@ class BenchClient:
     def request(self, prompt: str, max_tokens: int, stop: list[str]) -> Reply:
         messages = [*self.t.messages_prefix, {"role": "user", "content": prompt}]
         c = self.client.complete(Request(messages=messages, max_tokens=max_tokens, temperature=0.0,
-                                         stop=list(stop or []), stream=True))
-        return Reply(c.text, c.ttft_s, c.e2e_s, c.prompt_tokens, c.completion_tokens, c.token_source)
+                                         stop=list(stop or []), stream=True, logprobs=1 if self.t.logprobs else None))
+        lps = [next(iter(t.values())) for t in c.logprobs if t] if c.logprobs is not None else None
+        return Reply(c.text, c.ttft_s, c.e2e_s, c.prompt_tokens, c.completion_tokens, c.token_source, lps)
 
     def close(self) -> None:
         self.client.close()

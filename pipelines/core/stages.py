@@ -5,7 +5,7 @@ A table, so adding a stage is one row; `Recipe` gets one optional section per ro
 
 from __future__ import annotations
 
-from slmkit.pipelines import bench, curate, distill, finetune, merge, quantize
+from slmkit.pipelines import bench, curate, distill, finetune, merge, quantize, route
 from slmkit.pipelines.core.stage import Stage
 
 STAGES: dict[str, Stage] = {
@@ -17,6 +17,7 @@ STAGES: dict[str, Stage] = {
         Stage("merge", merge.MergeConfig, merge.run, ("finetune",), "merge the adapter into the base model"),
         Stage("quantize", quantize.QuantizeConfig, quantize.run, ("merge", "curate"), "GGUF export and 4-bit quantisation"),
         Stage("bench", bench.BenchConfig, bench.run, ("quantize", "merge", "curate"), "quality, speed and cost vs a baseline"),
+        Stage("route", route.RouteConfig, route.run, ("bench",), "which requests the SLM takes, and what that saves"),
     )
 }
 
