@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -76,8 +78,9 @@ def test_bad_rules_are_refused():
 
 def test_cascade_finds_the_known_threshold_on_held_out_items(rows):
     hard = np.array([r["local"]["score"] == 0 for r in rows])
-    cf = cross_fit(RouterConfig(kind="cascade"), rows, Goal(max_remote_share=0.4), 5, 0)
-    # The hesitant answers are exactly the wrong ones: a good cascade escalates them and nothing else.
+    cf = cross_fit(RouterConfig(kind="cascade"), rows, Goal(min_quality=0.99), 5, 0)
+    # The hesitant answers are exactly the wrong ones: the least remote share that reaches the quality escalates
+    # them and nothing else.
     assert (cf.decisions == hard).mean() >= 0.95
     lq, rq = np.zeros(100) + [r["local"]["score"] for r in rows], np.ones(100)
     # A perfect ranking recovers the whole gap by the 30% hard share: APGR 1 - 0.3 / 2 = 0.85 at best.
@@ -87,7 +90,7 @@ def test_cascade_finds_the_known_threshold_on_held_out_items(rows):
 
 
 def test_a_share_goal_holds_on_held_out_items(rows):
-    for share in (0.1, 0.2):  # below the hard share: the budget is the limit
+    for share in (0.1, 0.2, 0.3):  # the budget is spent
         cf = cross_fit(RouterConfig(kind="cascade"), rows, Goal(max_remote_share=share), 5, 1)
         assert abs(cf.decisions.mean() - share) <= 0.05
 
@@ -126,7 +129,7 @@ def test_classifier_learns_from_the_request_alone(rows):
     for r in rows:
         r["text"] = ("hard " if r["local"]["score"] == 0 else "easy ") + r["text"]
     hard = np.array([r["local"]["score"] == 0 for r in rows])
-    cf = cross_fit(RouterConfig(kind="classifier"), rows, Goal(max_remote_share=0.4), 5, 0, WordEmbedder())
+    cf = cross_fit(RouterConfig(kind="classifier"), rows, Goal(min_quality=0.99), 5, 0, WordEmbedder())
     assert (cf.decisions == hard).mean() >= 0.95
 
 
@@ -144,3 +147,77 @@ def test_cascade_costs_both_calls_and_waits_for_the_whole_local_answer(rows):
     assert pr["ttft_ms"][0] == pytest.approx(700) and pr["ttft_ms"][1] == pytest.approx(500)
     first = evaluate.per_request(rows, remote, after_local=False)
     assert first["cost"][0] == pytest.approx(1e-4) and first["ttft_ms"][0] == pytest.approx(200)
+
+
+def _bench_json(tmp_path, kinds=("gguf", "openai")) -> Path:
+    import json
+
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"GGUF stand-in")
+    targets = []
+    for kind in kinds:
+        spec = ({"label": "slm", "kind": "gguf", "path": str(gguf)} if kind == "gguf" else
+                {"label": "llm", "kind": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1",
+                 "price_input_per_1m": 0.15, "price_output_per_1m": 0.6})
+        targets.append({"label": spec["label"], "kind": kind, "status": "ok", "spec": spec,
+                        **({"model": str(gguf)} if kind == "gguf" else {})})
+    data = tmp_path / "traffic.jsonl"
+    data.write_text("".join(json.dumps({"id": f"i{i}", "prompt": f"request {i}", "answer": "x"}) + "\n"
+                            for i in range(100)))
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps({"baseline": "llm", "targets": targets, "cost": {"hardware_usd_per_hour": 0.09},
+                                "task": {"data": str(data), "metric": "exact_match", "max_tokens": 8,
+                                         "stop": []}}))
+    return path
+
+
+def _ctx(tmp_path):
+    from rich.console import Console
+
+    from slmkit.pipelines.core.stage import StageContext
+
+    out = tmp_path / "out"
+    out.mkdir()
+    return StageContext(stage="route", out=out, state=out / ".state", cache=tmp_path / "cache", upstream={},
+                        fingerprint="t", seed=0, console=Console(width=200))
+
+
+def test_the_stage_writes_its_report_and_router_file(tmp_path, monkeypatch, rows):
+    import json
+
+    from slmkit.pipelines import route
+    from slmkit.pipelines.route import data
+
+    monkeypatch.setattr(data, "gather", lambda *a, **k: rows)
+    cfg = route.RouteConfig(bench=_bench_json(tmp_path), routers=[{"kind": "cascade"},
+                            {"kind": "rules", "rules": [{"when": {"regex": "9"}, "route": "remote"}]}],
+                            goal={"min_quality": 0.95})
+    outcome = route.run(cfg, _ctx(tmp_path))
+    out = tmp_path / "out"
+    assert {"route.json", "route.md", "route.png", "router.json", "route_data.jsonl"} <= {p.name for p in out.iterdir()}
+    summary = json.loads((out / "route.json").read_text())
+    assert summary["chosen"] == "cascade" and outcome.metrics["quality"] >= 0.95
+    assert summary["routers"]["cascade"]["apgr"] > summary["references"]["random"]["apgr"] == 0.5
+    doc = route.load_router(out / "router.json")
+    assert doc["router"]["config"]["kind"] == "cascade" and doc["local"]["sha256"]
+    assert "Operating point (cascade)" in (out / "route.md").read_text()
+
+
+def test_a_goal_no_router_holds_fails_the_stage_with_the_best_on_offer(tmp_path, monkeypatch, rows):
+    from slmkit.pipelines import route
+    from slmkit.pipelines.core.errors import StageFailed
+    from slmkit.pipelines.route import data
+
+    monkeypatch.setattr(data, "gather", lambda *a, **k: rows)
+    cfg = route.RouteConfig(bench=_bench_json(tmp_path), routers=[{"kind": "cascade"}], goal={"min_quality": 1.5})
+    with pytest.raises(StageFailed, match="no router holds 'quality at least 1.5'.*best quality this router"):
+        route.run(cfg, _ctx(tmp_path))
+    assert not (tmp_path / "out" / "router.json").exists()
+
+
+def test_a_bench_without_a_remote_target_is_refused(tmp_path):
+    from slmkit.pipelines import route
+
+    cfg = route.RouteConfig(bench=_bench_json(tmp_path, kinds=("gguf",)))
+    with pytest.raises(SlmkitError, match="route.remote: this recipe's bench has no remote"):
+        route.run(cfg, _ctx(tmp_path))

@@ -156,3 +156,18 @@ def test_a_router_for_another_model_is_refused(tmp_path):
     bad.write_text('{"format": "something else"}')
     with pytest.raises(SlmkitError, match="not a router file"):
         serve_router(bad, free_port())
+
+
+def test_a_local_answer_streams_through_when_nothing_can_replace_it(tmp_path):
+    """No validation and a router that decides first: the local answer is streamed piece by piece, and the
+    pieces add up to the plain answer to the same request."""
+    with ScriptEndpoint(lambda body: _reply("unused")) as remote, \
+            Served(_router(tmp_path, remote_url=remote.url)) as served:
+        plain = served.ask("Say hi").json()["choices"][0]["message"]["content"]
+        r = served.ask("Say hi", stream=True)
+    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: {")]
+    pieces = [e["choices"][0]["delta"].get("content") for e in events if e["choices"]]
+    pieces = [p for p in pieces if p]
+    assert len(pieces) > 1 and "".join(pieces) == plain
+    assert r.headers["x-slmkit-route"] == "local" and events[-1]["slmkit_route"]["answered_by"] == "local"
+    assert not remote.seen

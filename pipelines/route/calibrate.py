@@ -25,7 +25,8 @@ NEVER, ALWAYS = 1.0, -1.0  # thresholds on a probability: nothing above 1.0, eve
 class Goal(StrictModel):
     """What the threshold is chosen for; exactly one."""
 
-    max_remote_share: float | None = Field(None, ge=0, le=1, description="at most this share of requests remote")
+    max_remote_share: float | None = Field(None, ge=0, le=1, description="this share of requests remote at most, "
+                                           "spent on the requests the router ranks highest")
     min_quality: float | None = Field(None, description="at least this mean quality (the task's metric)")
     min_quality_of_remote: float | None = Field(None, gt=0, description="at least this fraction of remote-only "
                                                                         "quality (e.g. 0.95)")
@@ -72,9 +73,11 @@ def choose(goal: Goal, scores: np.ndarray, forced: np.ndarray, local_q: np.ndarr
             return Choice(low[0], False, low[1], low[2],
                           f"the fewest remote calls this router makes is {low[1]:.0%} (answers that fail "
                           f"validation always escalate), at quality {low[2]:.3f}")
-        # The best quality the budget allows; of equal ones the cheapest: an escalation that gains nothing on
-        # the fitting items is not spent just because the budget has room.
-        t, share, q = max(ok, key=lambda p: (round(p[2], 9), -p[1]))
+        # The budget is spent (as RouteLLM calibrates a threshold to a share of strong-model calls): the router
+        # sends its highest-ranked requests remote up to the share. To spend only what raises quality, set a
+        # quality goal instead. A router with nothing to rank by (every score equal: it never saw the remote
+        # do better) escalates nothing, since no threshold splits a tie.
+        t, share, q = max(ok, key=lambda p: (p[1], p[2]))
         return Choice(t, True, share, q)
     want = goal.min_quality if goal.min_quality is not None else goal.min_quality_of_remote * float(remote_q.mean())
     ok = [p for p in pts if p[2] >= want - 1e-12]

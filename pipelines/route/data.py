@@ -49,6 +49,23 @@ def target_config(row: dict[str, Any], where: str) -> TargetConfig:
     return TargetConfig(**spec)
 
 
+def _cache_key(local: TargetConfig, remote: TargetConfig, items: list[Item], max_tokens: int, stop: list[str]) -> str:
+    """What the answers depend on: both targets' configs (the local model's bytes, not its path), the requests
+    and how they are asked. Timings come along with the answers: a cached rerun reports the first run's."""
+    from slmkit.pipelines.core import fingerprint as fp
+
+    def ident(t: TargetConfig) -> dict:
+        d = t.model_dump(mode="json", exclude={"label", "note", "reference"})
+        if t.path is not None:
+            d["path"] = fp.digest_path(Path(t.path))
+        if t.few_shot is not None:
+            d["few_shot"] = fp.digest_path(Path(t.few_shot))
+        return d
+
+    return fp.sha256_text(fp.canonical({"local": ident(local), "remote": ident(remote), "max_tokens": max_tokens,
+                                        "stop": stop, "items": [(it.id, it.prompt) for it in items]}))[:24]
+
+
 def cost_usd(row: dict, path_kind: str, spec: TargetConfig, cost: CostConfig) -> float | None:
     """One answer's cost: an endpoint's tokens at its prices; a local model's machine time at the hour's price."""
     if "error" in row:
@@ -81,21 +98,34 @@ def gather(ctx: StageContext, local: TargetConfig, remote: TargetConfig, items: 
     from slmkit.pipelines.bench.interleaved import measure
     from slmkit.pipelines.core.progress import LoggedProgress
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with contextlib.ExitStack() as stack, LoggedProgress(*columns, console=ctx.console, transient=False) as bar:
-        local_t, _ = stack.enter_context(ready(local, ctx))
-        remote_t, _ = stack.enter_context(ready(remote, ctx))
-        local_t.logprobs = True
-        task = bar.add_task("route: asking both targets", total=2 * (len(items) + 1))
-        out = measure([local_t, remote_t], [(it.id, it.prompt) for it in items], max_tokens, stop, warmup=1,
-                      repeats=1, progress=lambda label, n: bar.advance(task, n))
-    for label, res in out.items():
-        if res.failed:
-            raise SlmkitError(f"route: target '{label}' failed: {res.failed}")
-    by_id = {label: {r["id"]: r for r in res.records} for label, res in out.items()}
+    key = _cache_key(local, remote, items, max_tokens, stop)
+    cached = ctx.cache / "route" / f"{key}.json"
+    if cached.is_file():  # the same targets asked the same requests before: no remote call is paid for twice
+        by_id = json.loads(cached.read_text())
+        ctx.console.print(f"route: answers of both targets from the cache ({cached.name}); no request sent")
+    else:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with contextlib.ExitStack() as stack, LoggedProgress(*columns, console=ctx.console, transient=False) as bar:
+            local_t, _ = stack.enter_context(ready(local, ctx))
+            remote_t, _ = stack.enter_context(ready(remote, ctx))
+            local_t.logprobs = True
+            task = bar.add_task("route: asking both targets", total=2 * (len(items) + 1))
+            out = measure([local_t, remote_t], [(it.id, it.prompt) for it in items], max_tokens, stop, warmup=1,
+                          repeats=1, progress=lambda label, n: bar.advance(task, n))
+        for label, res in out.items():
+            if res.failed:
+                raise SlmkitError(f"route: target '{label}' failed: {res.failed}")
+        by_id = {"local": {r["id"]: r for r in out[local_t.label].records},
+                 "remote": {r["id"]: r for r in out[remote_t.label].records}}
+        errors = [r for side in by_id.values() for r in side.values() if "error" in r]
+        if not errors:  # only a complete set of answers is kept: a failed request is asked again next time
+            from slmkit.pipelines.core.rundir import write_json
+
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            write_json(cached, by_id)
     rows = []
     for it in items:
-        lrec, rrec = by_id[local_t.label][it.id], by_id[remote_t.label][it.id]
+        lrec, rrec = by_id["local"][it.id], by_id["remote"][it.id]
         valid = "error" not in lrec and check(lrec["text"], validate) is None
         lps = lrec.get("token_logprobs") or []
         rows.append({"id": it.id, "text": it.prompt, "metadata": extra.get(it.id, {}).get("metadata") or {},

@@ -14,8 +14,10 @@ Every answer says who answered and why: the `X-Slmkit-Route` / `X-Slmkit-Route-R
 
 Built on FastAPI and uvicorn like `slmkit serve`. The local model runs one request at a time (a llama.cpp
 context is not thread-safe: its client holds a lock); each request runs in the server's thread pool, so remote
-calls go out in parallel and never queue behind the local model. With `"stream": true` the answer comes as
-server-sent events once it is decided: a router cannot release text it may still replace.
+calls go out in parallel and never queue behind the local model. With `"stream": true`, a local answer that
+nothing may replace (a router that decides first, and no check of the whole answer configured) streams as the
+model makes it; otherwise the answer comes as server-sent events once it is decided: a router cannot release
+text that validation or a cascade may still replace.
 """
 
 from __future__ import annotations
@@ -125,6 +127,11 @@ class RoutedService:
                                              api_key_env=rspec.get("api_key_env")), NO_RETRY)
         self.kind = cfg.kind
         self.stats = PathStats()
+        v = self.validate
+        # A local answer can go out as it is made only when nothing may replace it: the router decides before
+        # generating and no check of the whole answer is configured (an empty answer is all that goes unchecked).
+        self.streams_through = not self.router.after_local and not (v.json_parse or v.json_schema or v.regex
+                                                                    or v.max_chars)
 
     def close(self) -> None:
         self.local.close()
@@ -151,9 +158,17 @@ class RoutedService:
         remote = score > self.threshold
         return remote, f"classifier p(remote better)={score:.3f} {'>' if remote else '<='} {self.threshold:.3f}", score
 
-    def answer(self, messages: list[dict], req: dict, metadata: dict) -> tuple[Decision, list[str]]:
-        text = next((m["content"] for m in reversed(messages) if m.get("role") == "user"
-                     and isinstance(m.get("content"), str)), "")
+    def decide_first(self, messages: list[dict], metadata: dict) -> tuple[bool, str, float | None]:
+        return self._first_decision(_request_text(messages), metadata)
+
+    def stream_local(self, messages: list[dict], req: dict, on_text, why: str, score: float | None) -> Decision:
+        c = self.local.complete(Request(messages=messages, max_tokens=req["max_tokens"], stop=req["stop"],
+                                        temperature=req["temperature"], stream=True, on_text=on_text))
+        return Decision("local", why, c, score, ["local"])
+
+    def answer(self, messages: list[dict], req: dict, metadata: dict,
+               first: tuple[bool, str, float | None] | None = None) -> tuple[Decision, list[str]]:
+        text = _request_text(messages)
         failures: list[str] = []
 
         def remote_or(fallback: Completion | None, why: str, score: float | None, tried: list[str]) -> Decision:
@@ -179,7 +194,7 @@ class RoutedService:
                                  ["local"]), failures
             return Decision("local", f"confident: p(remote better)={score:.3f} <= {self.threshold:.3f}", local, score,
                             ["local"]), failures
-        remote, why, score = self._first_decision(text, metadata)
+        remote, why, score = first or self._first_decision(text, metadata)
         if remote:
             return remote_or(None, why, score, []), failures
         local, valid = self._ask_local(messages, req)
@@ -187,6 +202,12 @@ class RoutedService:
             return remote_or(local, f"escalated: the local answer fails validation "
                                     f"({check(local.text, self.validate)}); {why}", score, ["local"]), failures
         return Decision("local", why, local, score, ["local"]), failures
+
+
+def _request_text(messages: list[dict]) -> str:
+    """What routers read: the last user message (the request as route's traffic holds it)."""
+    return next((m["content"] for m in reversed(messages) if m.get("role") == "user"
+                 and isinstance(m.get("content"), str)), "")
 
 
 def resolve_remote(doc: dict, remote_url: str | None, stack: contextlib.ExitStack,
@@ -218,6 +239,52 @@ def check_local(doc: dict, local: Path | None, where: Path) -> Path:
                           f"fitted for another model would route by another model's confidence; refit with "
                           f"`slmkit run RECIPE` (route stage)")
     return path
+
+
+def _stream_through(service: RoutedService, messages: list[dict], gen: dict, first: tuple, chunk, route_of, usage_of,
+                    started: float):
+    """A local answer streamed as the model makes it: pieces go from the generating thread to the response
+    through a queue, so the client's first token comes when the model's does."""
+    import asyncio
+
+    from fastapi.responses import StreamingResponse
+
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue = asyncio.Queue()
+    _, why, score = first
+
+    def work() -> None:
+        try:
+            d = service.stream_local(messages, gen, lambda piece: loop.call_soon_threadsafe(queue.put_nowait,
+                                                                                           ("piece", piece)),
+                                     why, score)
+            loop.call_soon_threadsafe(queue.put_nowait, ("done", d))
+        except Exception as exc:  # noqa: BLE001 - reported to the client in the stream
+            loop.call_soon_threadsafe(queue.put_nowait, ("error", exc))
+
+    async def events():
+        yield chunk({"role": "assistant", "content": ""})
+        task = loop.run_in_executor(None, work)
+        while True:
+            kind, value = await queue.get()
+            if kind == "piece":
+                yield chunk({"content": value})
+            elif kind == "error":
+                yield f"data: {json.dumps(error_body(f'the local model failed: {value}', type='server_error'))}\n\n".encode()
+                break
+            else:
+                route = route_of(value)
+                service.stats.record(value, route["latency_ms"], [])
+                yield chunk({}, value.completion.finish_reason or "stop")
+                yield chunk(None, usage=usage_of(value.completion), slmkit_route=route)
+                break
+        await task
+        yield b"data: [DONE]\n\n"
+
+    from slmkit.pipelines.serving.requests import error_body
+
+    return StreamingResponse(events(), media_type="text/event-stream",
+                             headers={"X-Slmkit-Route": "local", "X-Slmkit-Route-Reason": why[:200]})
 
 
 def create_app(service: RoutedService, api_key: str | None = None, max_body_bytes: int = 1 << 20):
@@ -266,34 +333,49 @@ def create_app(service: RoutedService, api_key: str | None = None, max_body_byte
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or service.stop)
         gen = {"max_tokens": req.max_completion_tokens or req.max_tokens or service.max_tokens, "stop": stop,
                "temperature": req.temperature if req.temperature is not None else 0.0}
+        metadata = metadata if isinstance(metadata, dict) else {}
         started = time.perf_counter()
+        rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": MODEL_ID}
+
+        def chunk(delta: dict | None = None, finish: str | None = None, **extra) -> bytes:
+            choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+            return f"data: {json.dumps({**base, 'choices': choices, **extra})}\n\n".encode()
+
+        def route_of(d: Decision) -> dict:
+            total_ms = (time.perf_counter() - started) * 1000
+            return {"answered_by": d.answered_by, "reason": d.reason, "router": service.kind, "score": d.score,
+                    "threshold": service.threshold, "tried": d.tried, "latency_ms": round(total_ms, 1)}
+
+        def usage_of(c: Completion) -> dict:
+            return {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                    "total_tokens": c.prompt_tokens + c.completion_tokens}
+
+        first = None
+        if req.stream and service.streams_through:
+            first = await run_in_threadpool(service.decide_first, messages, metadata)
+            if not first[0]:
+                return _stream_through(service, messages, gen, first, chunk, route_of, usage_of, started)
         try:
-            decision, failures = await run_in_threadpool(service.answer, messages, gen,
-                                                         metadata if isinstance(metadata, dict) else {})
+            decision, failures = await run_in_threadpool(service.answer, messages, gen, metadata, first)
         except (RequestError, SlmkitError) as exc:
             return JSONResponse(error_body(f"both paths failed: {exc}", type="server_error"), status_code=502)
-        total_ms = (time.perf_counter() - started) * 1000
-        service.stats.record(decision, total_ms, failures)
+        route = route_of(decision)
+        service.stats.record(decision, route["latency_ms"], failures)
         c = decision.completion
-        route = {"answered_by": decision.answered_by, "reason": decision.reason, "router": service.kind,
-                 "score": decision.score, "threshold": service.threshold, "tried": decision.tried,
-                 "latency_ms": round(total_ms, 1)}
         headers = {"X-Slmkit-Route": decision.answered_by, "X-Slmkit-Route-Reason": decision.reason[:200]}
-        rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        usage = {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                 "total_tokens": c.prompt_tokens + c.completion_tokens}
         finish = c.finish_reason or "stop"
         if not req.stream:
             return JSONResponse({"id": rid, "object": "chat.completion", "created": created, "model": MODEL_ID,
                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": c.text},
                                               "finish_reason": finish}],
-                                 "usage": usage, "slmkit_route": route}, headers=headers)
+                                 "usage": usage_of(c), "slmkit_route": route}, headers=headers)
 
         def events() -> Iterator[bytes]:
-            base = {"id": rid, "object": "chat.completion.chunk", "created": created, "model": MODEL_ID}
-            for delta, fin in (({"role": "assistant", "content": ""}, None), ({"content": c.text}, None), ({}, finish)):
-                yield f"data: {json.dumps({**base, 'choices': [{'index': 0, 'delta': delta, 'finish_reason': fin}]})}\n\n".encode()
-            yield f"data: {json.dumps({**base, 'choices': [], 'usage': usage, 'slmkit_route': route})}\n\n".encode()
+            yield chunk({"role": "assistant", "content": ""})
+            yield chunk({"content": c.text})
+            yield chunk({}, finish)
+            yield chunk(None, usage=usage_of(c), slmkit_route=route)
             yield b"data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
