@@ -104,7 +104,9 @@ def streamed(base: str, body: dict) -> dict:
 def router_server(gguf: Path, threads: int | None):
     with tempfile.TemporaryDirectory() as tmp:
         doc = {"format": ROUTER_FORMAT,
-               "router": {"config": {"kind": "rules", "rules": [RULE], "default": "local"}, "state": {},
+               # a rule that never holds (no request is empty): every request is answered locally
+               "router": {"config": {"kind": "rules", "rules": [{"when": {"max_chars": 0}, "route": "remote"}],
+                                     "default": "local"}, "state": {},
                           "threshold": 0.5},
                "validate": {}, "task": {"max_tokens": 64, "stop": []},
                "local": {"label": "smollm2", "location": str(gguf), "sha256": file_digest(gguf)},

@@ -221,3 +221,24 @@ def test_a_bench_without_a_remote_target_is_refused(tmp_path):
     cfg = route.RouteConfig(bench=_bench_json(tmp_path, kinds=("gguf",)))
     with pytest.raises(SlmkitError, match="route.remote: this recipe's bench has no remote"):
         route.run(cfg, _ctx(tmp_path))
+
+
+def test_the_classifier_embeds_what_varies():
+    from slmkit.pipelines.route.routers import shared_prefix
+
+    texts = ["Extract the ticket.\n\nTicket:\nmy card was charged twice", "Extract the ticket.\n\nTicket:\nmy cat ran"]
+    assert shared_prefix(texts) == "Extract the ticket.\n\nTicket:\nmy "  # cut at a boundary, not inside "my c"
+    assert shared_prefix(["one text"]) == ""
+
+    seen = []
+
+    class Recorder:
+        def embed(self, batch):
+            seen.extend(batch)
+            return np.array([[float(len(t))] for t in batch])
+
+    rows = [{"text": t, "local": {"score": 1.0}, "remote": {"score": float(i)}} for i, t in enumerate(texts)]
+    router = make_router(RouterConfig(kind="classifier")).fit(rows, Recorder())
+    router.scores([{"text": "Extract the ticket.\n\nTicket:\nnew one"}, {"text": "other task"}], Recorder())
+    assert seen[-2:] == ["Extract the ticket.\n\nTicket:\nnew one", "other task"]  # no shared prefix: kept whole
+    assert seen[:2] == ["card was charged twice", "cat ran"]
