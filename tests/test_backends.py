@@ -314,3 +314,60 @@ def test_gguf_logprobs_are_the_models_own(tiny_gguf, stream):
 def test_a_missing_gguf_names_the_config(tmp_path):
     with pytest.raises(SlmkitError, match="bench target 'x': no GGUF file at"):
         make_client(ClientSpec(kind="gguf", location=str(tmp_path / "none.gguf"), where="bench target 'x'"))
+
+
+# ---------------------------------------------------------------- schema-constrained output
+
+# Every value bounded (enums, a boolean, llama.cpp's grammar caps an integer at 16 digits), so even a random
+# model reaches the end of the object well within max_tokens.
+ACTION_SCHEMA = {"type": "object", "additionalProperties": False, "required": ["action", "amount", "urgent"],
+                 "properties": {"action": {"enum": ["refund", "escalate"]}, "amount": {"type": "integer"},
+                                "urgent": {"type": "boolean"}}}
+
+
+@pytest.mark.parametrize("api,stream", [("chat", False), ("completions", True)])
+def test_gguf_json_schema_holds_even_a_random_model_to_the_schema(tiny_gguf, api, stream):
+    import json
+
+    import jsonschema
+
+    client = make_client(ClientSpec(kind="gguf", location=str(tiny_gguf), api=api, n_ctx=512, n_threads=1))
+    try:
+        free = client.complete(Request(messages=HELLO, max_tokens=30))
+        held = client.complete(Request(messages=HELLO, max_tokens=200, json_schema=ACTION_SCHEMA, stream=stream))
+    finally:
+        client.close()
+    with pytest.raises(ValueError):  # the random model left alone writes no JSON
+        json.loads(free.text)
+    jsonschema.validate(json.loads(held.text), ACTION_SCHEMA)
+
+
+def test_gguf_a_schema_the_grammar_cannot_take_names_the_config(tiny_gguf):
+    client = make_client(ClientSpec(kind="gguf", location=str(tiny_gguf), n_ctx=512, n_threads=1,
+                                    where="agent target 'slm'"))
+    try:
+        with pytest.raises(SlmkitError, match="agent target 'slm': json_schema: .*cannot be enforced"):
+            client.complete(Request(messages=HELLO, json_schema={"type": "tensor"}))
+    finally:
+        client.close()
+
+
+def test_an_endpoint_is_sent_the_schema_as_response_format():
+    with ScriptEndpoint([(200, {}, _chat_body('{"a": 1}')), (200, {}, {"choices": [{"text": "{}",
+                                                                                     "finish_reason": "stop"}]})]
+                        ) as ep:
+        _openai(ep.url).complete(Request(messages=HELLO, json_schema=ACTION_SCHEMA))
+        loose = {"type": "object", "properties": {"a": {"type": "integer"}}}
+        _openai(ep.url, api="completions").complete(Request(messages=HELLO, json_schema=loose))
+    chat, completions = (s["body"] for s in ep.seen)
+    assert chat["response_format"] == {"type": "json_schema", "json_schema": {
+        "name": "output", "schema": ACTION_SCHEMA, "strict": True}}  # every key required, no others: strict
+    assert completions["response_format"]["json_schema"]["strict"] is False  # optional `a`: strict would 400
+    assert completions["json_schema"] == loose  # llama.cpp server's own field on its completions route
+    assert "response_format" not in _openai_body_without_schema()
+
+
+def _openai_body_without_schema() -> dict:
+    with ScriptEndpoint([(200, {}, _chat_body())]) as ep:
+        _openai(ep.url).complete(Request(messages=HELLO))
+    return ep.seen[0]["body"]

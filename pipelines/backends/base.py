@@ -35,6 +35,10 @@ class Request:
     logprobs: int | None = None  # top-k log-probabilities per generated token, where the backend has them
     # Streamed: called with each piece of text as it arrives (a server passing an answer through as it is made).
     on_text: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
+    # The answer is one JSON value valid under this JSON Schema, where the backend can enforce it (gguf: a
+    # llama.cpp grammar; an endpoint: `response_format`). Callers still validate: a server may ignore it, and
+    # an answer cut by max_tokens is valid JSON's prefix only.
+    json_schema: dict | None = None
 
 
 @dataclass

@@ -7,10 +7,17 @@ differently, so greedy decoding could give the same request another answer depen
 Streamed requests use llama-cpp-python's own stream (the time of the first piece of text is what a user of it
 sees); plain ones its plain call. The prompt's token count is the length of the exact token list llama.cpp
 evaluates (chat template applied), seen by wrapping `generate` on this instance.
+
+A request's `json_schema` becomes a llama.cpp grammar (llama-cpp-python's JSON-Schema-to-GBNF converter): each
+token is sampled only from those that keep the answer a prefix of a schema-valid JSON value, so even a random
+model answers with valid JSON (unless max_tokens cuts it short). `schema_grammar` is shared with slmkit serve,
+which applies an OpenAI `response_format` the same way.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import threading
 import time
 
@@ -19,6 +26,7 @@ from slmkit.pipelines.backends.base import ClientSpec, Completion, Request, comp
 from slmkit.pipelines.backends.registry import register
 from slmkit.pipelines.backends.retry import NO_RETRY, RetryPolicy
 from slmkit.pipelines.core.defaults import N_CTX
+from slmkit.pipelines.core.errors import SlmkitError
 
 DEFAULT_N_CTX = N_CTX["bench"]  # the caller's ClientSpec usually says; see core/defaults.py
 
@@ -29,6 +37,28 @@ def _chat(llm, req: Request, kw: dict, stream: bool):
 
 def _completion(llm, req: Request, kw: dict, stream: bool):
     return llm.create_completion(prompt=completion_prompt(req.messages), stream=stream, **kw)
+
+
+@functools.lru_cache(maxsize=64)
+def _grammar(schema_json: str | None):
+    from llama_cpp import LlamaGrammar
+    from llama_cpp.llama_grammar import JSON_GBNF
+
+    if schema_json is None:
+        return LlamaGrammar.from_string(JSON_GBNF, verbose=False)
+    return LlamaGrammar.from_json_schema(schema_json, verbose=False)
+
+
+def schema_grammar(schema: dict | None, where: str = "json_schema"):
+    """The llama.cpp grammar of a JSON Schema (None: any JSON object, OpenAI's `json_object`), cached per schema
+    (an agent sends the same few schemas many times). ValueError naming `where` when the converter cannot take
+    the schema (e.g. an unknown `type` or a `$ref` to another document)."""
+    try:
+        # Key order kept: the grammar writes an object's properties in the order the schema lists them.
+        return _grammar(None if schema is None else json.dumps(schema))
+    except Exception as exc:  # noqa: BLE001 - the converter raises plain Exceptions, KeyErrors, ValueErrors
+        raise ValueError(f"{where}: this JSON Schema cannot be enforced as a grammar: "
+                         f"{type(exc).__name__}: {exc}") from None
 
 
 # Per api: the call, and the text of a whole choice / a streamed chunk's choice.
@@ -85,6 +115,11 @@ class GGUFClient:
         call, whole, piece_of = _APIS[self.spec.api]
         kw = {"max_tokens": request.max_tokens, "temperature": request.temperature, "stop": request.stop or None}
         kw |= {k: getattr(request, k) for k in ("top_p", "seed") if getattr(request, k) is not None}
+        if request.json_schema is not None:
+            try:
+                kw["grammar"] = schema_grammar(request.json_schema, f"{self.spec.where}: json_schema")
+            except ValueError as exc:
+                raise SlmkitError(str(exc)) from None
         with self._lock:
             if not self.spec.prompt_cache:
                 self.llm.reset()

@@ -129,6 +129,8 @@ class OpenAIClient:
         if req.logprobs:
             body |= ({"logprobs": True, "top_logprobs": req.logprobs} if self.spec.api == "chat"
                      else {"logprobs": req.logprobs})
+        if req.json_schema is not None:
+            body["extra_body"] = schema_fields(req.json_schema, self.spec.api)
         return body
 
     def complete(self, request: Request) -> Completion:
@@ -233,6 +235,30 @@ class OpenAIClient:
 
     def close(self) -> None:
         self.client.close()
+
+
+def strict_ok(schema: Any) -> bool:
+    """Whether OpenAI's strict structured outputs take this schema: every object lists all its properties as
+    required and forbids others. Strict is asked for only then; a schema with optional arguments (most tools')
+    would be refused with HTTP 400 in strict mode, and is still sent, non-strict."""
+    if isinstance(schema, list):
+        return all(strict_ok(s) for s in schema)
+    if not isinstance(schema, dict):
+        return True
+    if schema.get("type") == "object" or "properties" in schema:
+        props = schema.get("properties") or {}
+        if schema.get("additionalProperties") is not False or set(schema.get("required") or []) != set(props):
+            return False
+    return all(strict_ok(v) for k, v in schema.items() if k not in ("enum", "const", "default", "examples"))
+
+
+def schema_fields(schema: dict, api: str) -> dict[str, Any]:
+    """The body fields that ask an endpoint for JSON under `schema`: OpenAI's `response_format` (taken by
+    OpenAI, vLLM, llama.cpp's server and slmkit serve on chat; by vLLM and slmkit serve on completions), and for
+    completions also llama.cpp server's own `json_schema` field. Sent through the SDK's extra_body, since its
+    completions call has no response_format parameter."""
+    fmt = {"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": strict_ok(schema)}}
+    return {"response_format": fmt} | ({"json_schema": schema} if api == "completions" else {})
 
 
 def _logprobs(choice: dict) -> list[dict[str, float]] | None:

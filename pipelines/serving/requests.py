@@ -4,7 +4,8 @@ Every request is checked here before it reaches the model: a body that is not a 
 has a field of the wrong type, a missing `messages`/`prompt`, `max_tokens` ≤ 0 or `n` > 1 is refused with
 400 and `{"error": {"message", "type": "invalid_request_error", "param", "code"}}`, as OpenAI does. Types are
 strict (`"temperature": "hot"` or `"0.5"` is an error, `0` for a float is fine); fields this server does not
-know are ignored, as llama.cpp's server does, so OpenAI clients that send more keep working.
+know are ignored, as llama.cpp's server does, so OpenAI clients that send more keep working. `response_format`
+(json_object or json_schema) is taken on both routes and enforced by a grammar (vLLM takes it on completions too).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 
 class ApiError(Exception):
@@ -41,6 +42,27 @@ class _Strict(BaseModel):
 
 class StreamOptions(_Strict):
     include_usage: bool = False
+
+
+class JsonSchemaFormat(_Strict):
+    name: str | None = None
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None  # taken and not needed: the grammar always holds the answer to the schema
+    description: str | None = None
+
+
+class ResponseFormat(_Strict):
+    """OpenAI's `response_format`: `text` (no constraint), `json_object` (any JSON object) or `json_schema`
+    (JSON valid under its schema), enforced by a llama.cpp grammar while sampling."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self):
+        if self.type == "json_schema" and self.json_schema is None:
+            raise ValueError("type json_schema needs a json_schema object with a schema")
+        return self
 
 
 class TextPart(_Strict):
@@ -74,6 +96,7 @@ class _Generation(_Strict):
     n: int = Field(1, ge=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
+    response_format: ResponseFormat | None = None
 
     @property
     def include_usage(self) -> bool:

@@ -2,7 +2,8 @@
 subprocess for distill, bench, tests and the demo.
 
 Endpoints: GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions, each of the POSTs
-with or without `"stream": true` (server-sent events in OpenAI's chunk format, flushed as each piece is
+with or without `"stream": true` and with or without a `response_format` (json_object, json_schema: held to it
+by a llama.cpp grammar) (server-sent events in OpenAI's chunk format, flushed as each piece is
 decoded, so a client can time its first token; `stream_options.include_usage` adds a usage chunk).
 
 Framework: FastAPI on uvicorn, not the standard library's http.server. The router will serve its own
@@ -78,7 +79,27 @@ class _Route:
         else:
             kw["prompt"] = req.prompt if isinstance(req.prompt, str) else req.prompt[0]
             kw["echo"] = req.echo
+        grammar = response_grammar(req)
+        if grammar is not None:
+            kw["grammar"] = grammar
         return kw
+
+
+def response_grammar(req):
+    """The grammar that holds the answer to the request's `response_format` (None: plain text). The same
+    converter as the gguf client's, so a loopback baseline constrains exactly as the in-process model does;
+    a schema it cannot take is a 400 naming the parameter."""
+    from slmkit.pipelines.backends.gguf_client import schema_grammar
+
+    fmt = req.response_format
+    if fmt is None or fmt.type == "text":
+        return None
+    schema = fmt.json_schema.schema_ if fmt.type == "json_schema" else None
+    param = "response_format.json_schema.schema" if schema is not None else "response_format"
+    try:
+        return schema_grammar(schema, param)
+    except ValueError as exc:
+        raise ApiError(400, str(exc), param=param, code="invalid_schema") from None
 
 
 _ROUTES = {
