@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-slow demo reproduce bench bench-all bench-curate bench-distill bench-faults bench-finetune bench-serve bench-route bench-quantize bench-quantize-reference lint clean
+.PHONY: setup test test-slow demo reproduce agent bench bench-all bench-curate bench-distill bench-faults bench-finetune bench-serve bench-route bench-quantize bench-quantize-reference lint clean
 
 setup: $(STAMP)
 
@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml scripts/check_llama_cpp.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -q -e '.[all]'
+	$(BIN)/python -m pip install -q --no-deps bfcl-eval==2026.3.23  # BFCL's data files only (slmkit agent); its deps are not needed
 	$(BIN)/python scripts/check_llama_cpp.py || { $(BIN)/python -m pip cache remove llama_cpp_python; \
 	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/python -m pip install -q --force-reinstall --no-deps \
 	    "llama-cpp-python==$$($(BIN)/python -c 'import llama_cpp; print(llama_cpp.__version__)')" \
@@ -47,6 +48,12 @@ reproduce: setup
 	$(WIDE) $(BIN)/slmkit run demo
 	$(WIDE) $(BIN)/slmkit bench --check recipes/demo.reported.json --results runs/demo/06_bench/bench.json
 	$(WIDE) $(BIN)/slmkit route --check recipes/demo.route.reported.json --results runs/demo/07_route/route.json
+
+# slmkit agent on the demo's refund workflow and three BFCL subsets, lm agency vs code agency, on the local SLM and
+# the loopback baseline (recipes/agent-demo.yaml); agent.json is copied to bench-results/agent.json.
+agent: setup
+	$(WIDE) $(BIN)/slmkit run recipes/agent-demo.yaml
+	mkdir -p bench-results && cp runs/agent-demo/08_agent/agent.json bench-results/agent.json
 
 lint: setup
 	$(BIN)/ruff check cli pipelines evals slmkit tests scripts

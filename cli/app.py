@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from slmkit import __version__
 from slmkit.cli import (
+    agent,
     bench,
     curate,
     distill,
@@ -44,7 +45,7 @@ app = typer.Typer(
 )
 
 # The pipeline's stage verbs, in pipeline order, then the verbs that drive and inspect runs.
-for module in (curate, distill, finetune, merge, quantize, bench, route, run, status, validate, recipes, serve):
+for module in (curate, distill, finetune, merge, quantize, bench, route, agent, run, status, validate, recipes, serve):
     app.command(name=module.NAME, help=module.__doc__, no_args_is_help=getattr(module, "NO_ARGS_HELP", False))(
         module.command
     )

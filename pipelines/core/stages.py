@@ -5,7 +5,7 @@ A table, so adding a stage is one row; `Recipe` gets one optional section per ro
 
 from __future__ import annotations
 
-from slmkit.pipelines import bench, curate, distill, finetune, merge, quantize, route
+from slmkit.pipelines import agent, bench, curate, distill, finetune, merge, quantize, route
 from slmkit.pipelines.core.stage import Stage
 
 STAGES: dict[str, Stage] = {
@@ -18,6 +18,7 @@ STAGES: dict[str, Stage] = {
         Stage("quantize", quantize.QuantizeConfig, quantize.run, ("merge", "curate"), "GGUF export and 4-bit quantisation"),
         Stage("bench", bench.BenchConfig, bench.run, ("quantize", "merge", "curate"), "quality, speed and cost vs a baseline"),
         Stage("route", route.RouteConfig, route.run, ("bench",), "which requests the SLM takes, and what that saves"),
+        Stage("agent", agent.AgentConfig, agent.run, ("quantize", "merge"), "tool workflows: lm agency vs code agency"),
     )
 }
 
