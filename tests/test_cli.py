@@ -24,7 +24,7 @@ from slmkit.pipelines.core.errors import RecipeError
 from slmkit.pipelines.core.stages import STAGES
 from slmkit.pipelines.core.types import StrictModel
 
-VERBS = ["curate", "distill", "finetune", "merge", "quantize", "bench", "route", "run", "status", "validate",
+VERBS = ["curate", "distill", "finetune", "merge", "quantize", "bench", "route", "agent", "run", "status", "validate",
          "recipes", "models", "serve"]
 
 
