@@ -138,7 +138,9 @@ def served(gguf: Path, requests: int, max_tokens: int, threads: int | None) -> d
     sides = {"direct": [], "router": []}
     with serve_gguf(gguf, n_threads=threads) as direct, router_server(gguf, threads) as routed:
         urls = {"direct": direct, "router": routed}
-        body = lambda r: {"messages": [{"role": "user", "content": r["prompt"]}], "max_tokens": max_tokens}  # noqa: E731
+        # greedy on both sides: a server given no temperature samples (OpenAI's default is 1)
+        body = lambda r: {"messages": [{"role": "user", "content": r["prompt"]}], "max_tokens": max_tokens,  # noqa: E731
+                          "temperature": 0}
         for side in urls:  # warm-up, not timed
             streamed(urls[side], body(rows[-1]))
         for i, r in enumerate(rows):
