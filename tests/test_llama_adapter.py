@@ -125,18 +125,3 @@ def test_captured_log_keeps_llama_cpps_lines_and_puts_its_logger_back(tiny_gguf)
     n = len(lines)
     llama_adapter.open_llama(tiny_gguf, n_ctx=64, n_threads=1).close()
     assert len(lines) == n  # outside the block, nothing more reaches the list
-
-
-@pytest.mark.parametrize("given", [None, "ACTIVE"])
-def test_llama_cpp_loads_with_idle_threads_asleep_and_the_environment_put_back(given):
-    """OMP_WAIT_POLICY is PASSIVE only while llama_cpp (and its libgomp) first loads; a value the user set is
-    kept, and nothing is left in the environment for torch's own OpenMP."""
-    import os
-    import subprocess
-    import sys
-
-    code = ("import os; from slmkit.pipelines.backends.llama_adapter import import_llama_cpp; "
-            "m = import_llama_cpp(); print(m.__name__, os.environ.get('OMP_WAIT_POLICY'))")
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"} | ({"OMP_WAIT_POLICY": given} if given else {})
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
-    assert out.stdout.split() == ["llama_cpp", str(given)]

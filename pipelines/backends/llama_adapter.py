@@ -13,37 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from slmkit.pipelines.core.defaults import usable_cores
 from slmkit.pipelines.core.errors import SlmkitError
-
-
-def import_llama_cpp():
-    """llama_cpp, loaded with OpenMP's idle threads asleep.
-
-    llama.cpp's CPU backend runs on OpenMP (the system libgomp), whose idle threads spin between parallel
-    regions by default. Beside another busy process that spinning takes the cores the work needs: SmolLM2 with
-    2 threads took 1.9-4.5 s for 32 tokens beside one busy process, 0.8-1.2 s with OMP_WAIT_POLICY=PASSIVE.
-    libgomp reads the variable once, when it loads, so it is set only around the first import and put back:
-    torch's own bundled libgomp, loaded before or after, keeps whatever the user chose. A value the user set
-    for the variable wins."""
-    import sys
-
-    if "llama_cpp" in sys.modules or "OMP_WAIT_POLICY" in os.environ:
-        import llama_cpp
-
-        return llama_cpp
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    try:
-        import llama_cpp
-    finally:
-        del os.environ["OMP_WAIT_POLICY"]
-    return llama_cpp
-
 
 # The instance methods slmkit may wrap, and what each call is: create_completion is where every request ends up
 # (chat handlers format the prompt and call it), generate samples one token at a time, eval feeds tokens in.
@@ -53,7 +28,7 @@ WRAPPABLE = ("create_completion", "generate", "eval")
 def open_llama(path: str | Path, n_ctx: int, n_threads: int | None = None, *, logits_all: bool = False,
                what: str = "llama.cpp", **kwargs: Any):
     """A Llama over one GGUF file on the CPU, quiet. `n_threads`: every core this process may use by default."""
-    Llama = import_llama_cpp().Llama
+    from llama_cpp import Llama
 
     if not Path(path).is_file():
         raise SlmkitError(f"{what}: no GGUF file at {path}")

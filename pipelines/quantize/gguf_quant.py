@@ -96,9 +96,7 @@ def save_imatrix(imatrix: dict[str, np.ndarray], path: Path) -> None:
 def quantize(src: Path, dst: Path, qtype: str, imatrix: dict[str, np.ndarray] | None = None,
              threads: int | None = None) -> dict:
     """Write `dst` (atomic: `.partial` renamed when llama.cpp reports success); returns what it chose per tensor."""
-    from slmkit.pipelines.backends.llama_adapter import import_llama_cpp
-
-    llama_cpp = import_llama_cpp()
+    import llama_cpp
 
     spec = QTYPES[check_qtype(qtype)]
     dst = Path(dst)

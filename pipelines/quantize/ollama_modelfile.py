@@ -86,9 +86,7 @@ def default_system(chat_template: str, fmt: ChatFormat) -> str | None:
 def _gguf_chat_info(gguf_path: Path) -> tuple[str | None, str | None]:
     """(chat template, end-of-sequence token text) as written in the GGUF. llama.cpp reads the vocabulary alone in
     half a second; gguf-py's reader parses every token array in Python and takes ten times longer."""
-    from slmkit.pipelines.backends.llama_adapter import import_llama_cpp
-
-    llama_cpp = import_llama_cpp()
+    import llama_cpp
 
     llm = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
     try:
