@@ -32,6 +32,8 @@ from rich.console import Console
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "scripts"))
+import bench_serve  # noqa: E402 - its streamed-request client, shared
 from helpers import smollm2_gguf  # noqa: E402 - the shipped GGUF, found through its package's record
 
 from slmkit.pipelines.route import ROUTER_FORMAT, file_digest  # noqa: E402
@@ -80,24 +82,11 @@ def decision(repeats: int, threads: int | None) -> dict:
 
 
 def streamed(base: str, body: dict) -> dict:
-    t0 = time.perf_counter()
-    ttft, usage, text = None, None, ""
-    with httpx.stream("POST", base + "/chat/completions", timeout=600,
-                      json={**body, "stream": True, "stream_options": {"include_usage": True}}) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                usage = chunk["usage"]
-            elif chunk.get("choices") and (piece := chunk["choices"][0]["delta"].get("content")):
-                ttft = ttft if ttft is not None else time.perf_counter() - t0
-                text += piece
-    total = time.perf_counter() - t0
-    n = usage["completion_tokens"]
-    return {"ttft_ms": (ttft or total) * 1000, "decode_tps": (n - 1) / (total - ttft) if ttft and n > 1 else None,
-            "text": text}
+    """bench_serve's streamed request (first piece's time, usage), as TTFT in ms and decode tokens/s."""
+    r = bench_serve.streamed(base, body)
+    n, ttft, total = r["completion_tokens"], r["ttft_s"], r["total_s"]
+    return {"ttft_ms": ttft * 1000, "decode_tps": (n - 1) / (total - ttft) if n > 1 and total > ttft else None,
+            "text": r["text"]}
 
 
 @contextlib.contextmanager

@@ -39,6 +39,10 @@ class Goal(StrictModel):
                              f"(got {', '.join(given) or 'none'})")
         return self
 
+    def wanted_quality(self, remote_only: float) -> float:
+        """A quality goal as an absolute figure, given remote-only's quality on the same requests."""
+        return self.min_quality if self.min_quality is not None else self.min_quality_of_remote * remote_only
+
     def describe(self) -> str:
         if self.max_remote_share is not None:
             return f"at most {self.max_remote_share:.0%} of requests remote"
@@ -79,7 +83,7 @@ def choose(goal: Goal, scores: np.ndarray, forced: np.ndarray, local_q: np.ndarr
         # do better) escalates nothing, since no threshold splits a tie.
         t, share, q = max(ok, key=lambda p: (p[1], p[2]))
         return Choice(t, True, share, q)
-    want = goal.min_quality if goal.min_quality is not None else goal.min_quality_of_remote * float(remote_q.mean())
+    want = goal.wanted_quality(float(remote_q.mean()))
     ok = [p for p in pts if p[2] >= want - 1e-12]
     if not ok:
         best = max(pts, key=lambda p: (p[2], -p[1]))
@@ -159,5 +163,5 @@ def _meets(goal: Goal, remote: np.ndarray, local_q: np.ndarray, remote_q: np.nda
     q = float(np.where(remote, remote_q, local_q).mean())
     if goal.max_remote_share is not None:
         return float(remote.mean()) <= goal.max_remote_share + 1e-12
-    want = goal.min_quality if goal.min_quality is not None else goal.min_quality_of_remote * float(remote_q.mean())
+    want = goal.wanted_quality(float(remote_q.mean()))
     return q >= want - 1e-12
