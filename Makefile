@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-slow demo reproduce agent bench bench-all bench-curate bench-distill bench-faults bench-finetune bench-serve bench-route bench-quantize bench-quantize-reference lint clean
+.PHONY: setup test test-slow demo reproduce agent bench bench-all bench-curate bench-distill bench-faults bench-finetune bench-serve bench-route bench-quantize bench-quant-mixture bench-prefill bench-quantize-reference lint clean
 
 setup: $(STAMP)
 
@@ -89,6 +89,16 @@ bench-finetune: setup
 
 bench-quantize: setup
 	$(BIN)/python scripts/bench_quantize.py
+
+# 4-bit mixtures for rows K-quants cannot take (Q4_K_NL against llama.cpp's Q4_K_M and alternatives).
+# MODEL=runs/demo/04_merge/model measures the demo's own fine-tuned model; default: the shipped SmolLM2.
+bench-quant-mixture: setup
+	$(BIN)/python scripts/bench_quant_mixture.py $(if $(MODEL),--model $(MODEL))
+
+# Prefill time across prompt lengths and threads, the files interleaved (default: the demo's F16 and Q4_K_M).
+PREFILL_FILES ?= runs/demo/05_quantize/model-f16.gguf runs/demo/05_quantize/model-Q4_K_M.gguf
+bench-prefill: setup
+	$(BIN)/python scripts/bench_prefill.py $(PREFILL_FILES)
 
 # slmkit's export, importance matrix and Q4_K_M against llama.cpp's own tools, built from the source of the
 # llama-cpp-python release installed (fetched with pip; about 5 minutes to build the first time).

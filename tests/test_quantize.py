@@ -139,3 +139,27 @@ def test_recipe_defaults_read_merge_and_curate_outputs(model256, tmp_path):
     assert report["imatrix"]["calib"] == str(curate_dir / "train.jsonl")
     assert report["retention"]["heldout"] == str(curate_dir / "eval.jsonl")
     assert outcome.metrics["Q8_0_vs_f16_kld"] >= 0 and "Q8_0_bpw" in outcome.metrics
+
+
+def test_q4_k_nl_keeps_rows_k_quants_cannot_take_at_4_bits(tmp_path):
+    """Rows of 64 (not a multiple of 256): Q4_K_M falls back to 5- and 8-bit types; Q4_K_NL gives them IQ4_NL,
+    the attention k/v Q8_0, and the file still loads in llama.cpp and agrees with its F16 on most tokens."""
+    small = tiny_llama(tmp_path / "small", vocab_size=320, hidden=64)
+    src = gguf_export.export(small, tmp_path / "f16.gguf").path
+    k_m = gguf_quant.quantize(src, tmp_path / "k_m.gguf", "Q4_K_M")
+    nl = gguf_quant.quantize(src, tmp_path / "nl.gguf", "Q4_K_NL")
+    assert set(nl["tensor_types"]) == {"F32", "IQ4_NL", "Q8_0"}, nl["tensor_types"]
+    import gguf
+
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(tmp_path / "nl.gguf")).tensors}
+    assert {n for n, k in types.items() if k == "Q8_0"} == {n for n in types if "attn_k." in n or "attn_v." in n}
+    assert types["token_embd.weight"] == "IQ4_NL"
+    assert nl["bytes"] < k_m["bytes"] and not nl["fallbacks"]
+    chunks = retention.token_chunks(small, "the quick brown fox jumps over the lazy dog " * 20, 120, 60)
+    scorers = {"f16": retention.GGUFScorer(src, 64, 1), "nl": retention.GGUFScorer(tmp_path / "nl.gguf", 64, 1)}
+    try:
+        fig = retention.compare(chunks, scorers, {"nl_vs_f16": ("f16", "nl")})["nl_vs_f16"]
+    finally:
+        for s in scorers.values():
+            s.close()
+    assert fig["tokens"] > 50 and fig["top1_agreement"] > 0.5, fig

@@ -34,7 +34,7 @@ HELDOUT_SAMPLE = SAMPLES / "heldout_sample.txt"
 class QuantizeConfig(StrictModel):
     model: InputPath | None = Field(None, description="HF folder; default: merge's output, else the recipe's model")
     base: ModelSpec | None = Field(None, description="a known model name or HF id, when no folder is given")
-    qtypes: list[str] = Field(default_factory=lambda: ["Q4_K_M"], description="Q4_K_M, Q4_0, Q5_K_M, Q6_K, Q8_0")
+    qtypes: list[str] = Field(default_factory=lambda: ["Q4_K_M"], description="Q4_K_M, Q4_K_NL (4-bit where rows are not a multiple of 256), Q4_0, Q5_K_M, Q6_K, Q8_0")
     outtype: Literal["f16", "f32", "bf16"] = Field("f16", description="type of the unquantised GGUF")
     calib: InputPath | None = Field(None, description="calibration text (.txt or .jsonl); default: curate's train")
     heldout: InputPath | None = Field(None, description="held-out text (.txt or .jsonl); default: curate's eval")

@@ -1,0 +1,131 @@
+"""Benchmark of 4-bit mixtures for models whose rows K-quants cannot take; writes bench-results/quant_mixture.json.
+
+  python scripts/bench_quant_mixture.py [--model DIR] [--threads 2] [--eval-tokens 2048]
+
+One F16 export of the model (default: the shipped SmolLM2-135M-Instruct; pass the demo's merged model,
+runs/demo/04_merge/model, to measure the demo's own file), one importance matrix from the shipped calibration
+text, then each variant quantised by llama.cpp's own quantiser and compared with the F16 on two held-out
+texts (the shipped English sample and the demo's evaluation tickets): file size against F16, bits per
+weight, mean / p99 KLD and top-1 agreement. Variants: llama.cpp's Q4_K_M (rows of 576 → Q5_0, embedding →
+Q8_0), slmkit's Q4_K_NL, and the alternatives it was chosen against, as per-tensor type rules.
+
+Speed (TTFT, decode) of the chosen file is bench's business (the demo's table); this script measures size
+and fidelity only, which do not depend on the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+GOAL = {"size_ratio_max": 0.30, "bits_per_weight_max": 4.9, "kld_mean_max": 0.05}
+TICKETS = ROOT / "recipes" / "data" / "tickets_eval.jsonl"
+
+
+def _kv(name: str) -> bool:
+    return bool(re.search(r"attn_(k|v)\.weight$", name))
+
+
+def _rule(kv: str | None, fit256: str, fit32: str, embd: str | None = None):
+    """A per-tensor rule: k/v matrices, rows that fit 256-wide super-blocks, rows that fit only 32, embedding."""
+    def rule(name: str, row: int) -> str | None:
+        if not name.endswith(".weight") or "norm" in name:
+            return None
+        if embd and name == "token_embd.weight":
+            return embd
+        if kv and _kv(name):
+            return kv
+        return fit256 if row % 256 == 0 else fit32 if row % 32 == 0 else None
+    return rule
+
+
+# name → (what it is, rule); the mixtures slmkit's Q4_K_NL was chosen against.
+ALTERNATIVES = {
+    "all_IQ4_NL_embd_Q5_0": ("every row IQ4_NL or Q4_K, embedding Q5_0", _rule(None, "Q4_K", "IQ4_NL", "Q5_0")),
+    "all_Q4_0_embd_Q5_0": ("Q4_0 instead of IQ4_NL, embedding Q5_0", _rule(None, "Q4_K", "Q4_0", "Q5_0")),
+    "all_IQ4_NL_embd_Q8_0": ("every row IQ4_NL or Q4_K, embedding Q8_0", _rule(None, "Q4_K", "IQ4_NL", "Q8_0")),
+    "all_IQ4_NL": ("every row IQ4_NL or Q4_K, embedding too", _rule(None, "Q4_K", "IQ4_NL")),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=None, help="HF folder (default: the shipped SmolLM2)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--eval-tokens", type=int, default=2048)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "quant_mixture.json")
+    args = ap.parse_args(argv)
+
+    from slmkit.pipelines.core.models import resolve
+    from slmkit.pipelines.quantize import (
+        CALIB_SAMPLE,
+        HELDOUT_SAMPLE,
+        gguf_export,
+        gguf_quant,
+        read_text,
+        retention,
+    )
+
+    model_dir = Path(args.model) if args.model else Path(resolve("smollm2-135m-instruct"))
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        f16 = gguf_export.export(model_dir, tmp / "model-f16.gguf", "f16").path
+        f16_bytes = f16.stat().st_size
+        calib = retention.token_chunks(model_dir, read_text(CALIB_SAMPLE), 4096, 512)
+        imatrix = gguf_quant.compute_imatrix(model_dir, calib)
+        texts = {"heldout_sample": read_text(HELDOUT_SAMPLE), "demo_tickets": read_text(TICKETS)}
+        chunks = {k: retention.token_chunks(model_dir, v, args.eval_tokens, 512) for k, v in texts.items()}
+
+        variants = {"Q4_K_M (llama.cpp)": "Q4_K_M", "Q4_K_NL (slmkit)": "Q4_K_NL"}
+        for name, (_, rule) in ALTERNATIVES.items():
+            gguf_quant.QTYPES[name] = gguf_quant.QType(15, 32, rule)  # this script's own, never a recipe's
+            variants[name] = name
+        rows = {}
+        for label, qtype in variants.items():
+            t0 = time.perf_counter()
+            path = tmp / f"{qtype}.gguf"
+            info = gguf_quant.quantize(f16, path, qtype, imatrix, args.threads)
+            row = {"qtype": qtype, "bytes": info["bytes"], "size_ratio": round(info["bytes"] / f16_bytes, 4),
+                   "bits_per_weight": info["bits_per_weight"], "tensor_types": info["tensor_types"],
+                   "quantise_s": round(time.perf_counter() - t0, 1)}
+            for text, ch in chunks.items():
+                n_ctx = max(len(c) for c in ch)
+                scorers = {"f16": retention.GGUFScorer(f16, n_ctx, args.threads),
+                           "q": retention.GGUFScorer(path, n_ctx, args.threads)}
+                try:
+                    fig = retention.compare(ch, scorers, {"q": ("f16", "q")})["q"]
+                finally:
+                    for s in scorers.values():
+                        s.close()
+                row[text] = {k: round(fig[k], 5) for k in ("tokens", "kld_mean", "kld_p99", "top1_agreement",
+                                                            "ppl_ratio")}
+            rows[label] = row
+            print(f"{label:28s} {row['size_ratio']:.3f}x F16  {row['bits_per_weight']:.2f} bpw  "
+                  + "  ".join(f"{t}: KLD {row[t]['kld_mean']:.4f} top-1 {row[t]['top1_agreement']:.3f}"
+                              for t in chunks), flush=True)
+
+    chosen = rows["Q4_K_NL (slmkit)"]
+    met = {"size_ratio": chosen["size_ratio"] <= GOAL["size_ratio_max"],
+           "bits_per_weight": chosen["bits_per_weight"] <= GOAL["bits_per_weight_max"],
+           "kld_mean": all(chosen[t]["kld_mean"] <= GOAL["kld_mean_max"] for t in chunks)}
+    result = {"model": str(model_dir), "f16_bytes": f16_bytes, "imatrix_tokens": sum(len(c) for c in calib),
+              "texts": {k: str(v) for k, v in {"heldout_sample": HELDOUT_SAMPLE, "demo_tickets": TICKETS}.items()},
+              "variants": rows, "alternatives": {k: v[0] for k, v in ALTERNATIVES.items()},
+              "goal": GOAL, "goal_met": met,
+              "machine": {"platform": platform.platform(), "python": sys.version.split()[0]}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"goal (≤{GOAL['size_ratio_max']}x, ≤{GOAL['bits_per_weight_max']} bpw, KLD ≤{GOAL['kld_mean_max']}): "
+          f"{met}; wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
