@@ -64,28 +64,43 @@ def data_files(recipe: Path) -> list[str]:
     """The paths a recipe names relative to its own folder that exist there (files or folders), in order.
 
     Found by value, not by schema: every string in the YAML that names something inside the recipe's folder. So
-    a copy works whatever keys a recipe uses, and nothing in the recipe's text needs rewriting."""
+    a copy works whatever keys a recipe uses, and nothing in the recipe's text needs rewriting. A YAML file it
+    names (an agent workflow) is read the same way, its paths relative to its own folder: the workflow's tasks
+    file travels with it."""
     import yaml
 
     base = recipe.parent.resolve()
     found: dict[str, None] = {}
 
-    def walk(value) -> None:
+    def walk(value, here: Path) -> None:
         if isinstance(value, dict):
             for v in value.values():
-                walk(v)
+                walk(v, here)
         elif isinstance(value, list):
             for v in value:
-                walk(v)
+                walk(v, here)
         elif isinstance(value, str) and value.strip() and "\n" not in value and len(value) < 1000:
             rel = Path(value)
             if rel.is_absolute() or ".." in rel.parts:
                 return
-            target = (base / rel).resolve()
-            if target != base and target.is_relative_to(base) and target.exists() and target != recipe.resolve():
-                found[rel.as_posix()] = None
+            try:
+                target = (here / rel).resolve()
+                exists = target.exists()
+            except OSError:  # a sentence, not a path (a name longer than the file system allows)
+                return
+            if target == base or not target.is_relative_to(base) or not exists or target == recipe.resolve():
+                return
+            key = target.relative_to(base).as_posix()
+            if key in found:
+                return
+            found[key] = None
+            if target.is_file() and target.suffix in (".yaml", ".yml"):
+                try:
+                    walk(yaml.safe_load(target.read_text(encoding="utf-8")), target.parent)
+                except (yaml.YAMLError, UnicodeDecodeError):
+                    pass  # not a YAML slmkit reads; copied as it is
 
-    walk(yaml.safe_load(recipe.read_text()) or {})
+    walk(yaml.safe_load(recipe.read_text()) or {}, base)
     return list(found)
 
 

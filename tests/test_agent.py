@@ -326,3 +326,24 @@ def test_the_ground_truth_follows_the_tools_when_done_right():
             except KeyError:
                 assert task.kind == "unknown_order"
         assert scoring.state_diff(task.expected_state, state) == {}, task.id
+
+
+def test_editing_a_workflows_tasks_or_tools_makes_the_agent_stage_stale(tmp_path):
+    """The fingerprint covers what the workflow file names: its tasks file and its tools' modules."""
+    import shutil
+
+    from slmkit.pipelines.agent import AgentConfig
+    from slmkit.pipelines.core.runner import input_digests
+
+    data = Path(__file__).parent.parent / "recipes" / "data"
+    for name in ("agent_support.yaml", "agent_tasks.jsonl"):
+        shutil.copyfile(data / name, tmp_path / name)
+    (tmp_path / "x.gguf").write_bytes(b"")  # a target is checked to exist; nothing here loads it
+    cfg = AgentConfig.model_validate({"workflow": str(tmp_path / "agent_support.yaml"),
+                                      "targets": ["gguf:x.gguf"]}, context={"base_dir": tmp_path})
+    before = input_digests(cfg, None)
+    assert str((tmp_path / "agent_tasks.jsonl").resolve()) in before
+    assert any(k.endswith("support_tools.py") for k in before)
+    with (tmp_path / "agent_tasks.jsonl").open("a") as f:
+        f.write("\n")
+    assert input_digests(cfg, None) != before

@@ -88,3 +88,14 @@ def test_readme_starting_point_uses_to(tmp_path):
     res = slmkit(*args, cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     assert slmkit("validate", "my.yaml", cwd=tmp_path).returncode == 0  # the README's next line works
+
+
+def test_a_workflow_named_by_a_recipe_travels_with_its_tasks(tmp_path):
+    """agent-demo names data/agent_support.yaml, which names its tasks file relative to itself: both copied,
+    and the copied workflow loads (tools, tasks and controller checked) from the copy."""
+    from slmkit.pipelines.agent.workflow import load_workflow
+
+    assert slmkit("recipes", "agent-demo", "--to", "c", cwd=tmp_path).returncode == 0
+    copied = tmp_path / "c" / "data"
+    assert (copied / "agent_tasks.jsonl").read_bytes() == (RECIPES / "data" / "agent_tasks.jsonl").read_bytes()
+    assert load_workflow(copied / "agent_support.yaml").tasks

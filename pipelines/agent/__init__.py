@@ -18,6 +18,7 @@ import os
 import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -52,6 +53,12 @@ class AgentConfig(StrictModel):
     limit: int | None = Field(None, gt=0, description="the workflow's first N tasks (null: all)")
     hardware_usd_per_hour: float = Field(0.09, ge=0, description="a local target's cost: its model seconds at "
                                                                  "this price (endpoints: their token prices)")
+
+    def extra_inputs(self) -> list[Path]:
+        """The workflow's tasks file and its tools' source files, for the stage's fingerprint."""
+        from slmkit.pipelines.agent.workflow import workflow_dependencies
+
+        return workflow_dependencies(self.workflow) if self.workflow else []
 
     @model_validator(mode="after")
     def _something_to_run(self):

@@ -157,6 +157,35 @@ def load_workflow(path: str | Path) -> Workflow:
     return Workflow(path, spec, tools, tasks)
 
 
+def workflow_dependencies(path: str | Path) -> list[Path]:
+    """The files a workflow reads besides itself: its tasks file and its tools' modules' source files.
+
+    For the agent stage's fingerprint: a changed task or tool must rerun the stage. Read leniently, without
+    importing anything: a broken workflow is load_workflow's to report, with its own errors."""
+    import importlib.util
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []
+    if not isinstance(data, dict):
+        return []
+    found: list[Path] = []
+    if isinstance(data.get("tasks"), str):
+        found.append((path.parent / data["tasks"]).resolve())
+    for entry in (data.get("tools") or {}).values():
+        ref = entry.get("ref") if isinstance(entry, dict) else entry
+        module = str(ref).partition(":")[0]
+        try:
+            spec = importlib.util.find_spec(module) if module else None
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.origin and Path(spec.origin).is_file():
+            found.append(Path(spec.origin))
+    return sorted({p for p in found if p.exists()})
+
+
 def _load_tasks(path: Path, spec: WorkflowFile) -> list[Task]:
     if isinstance(spec.tasks, list):
         return spec.tasks

@@ -79,4 +79,9 @@ def input_values(model: BaseModel) -> list[Any]:
                 walk(item)
 
     walk(model)
+    # Files a section reads through another file (an agent workflow's tasks and tool modules): the section says
+    # which, so editing them makes the stage stale like editing the file that names them.
+    extra = getattr(model, "extra_inputs", None)
+    if callable(extra):
+        found.extend(extra())
     return found
