@@ -8,6 +8,8 @@ Examples:
 
   slmkit serve model.gguf --host 0.0.0.0 --api-key-env SLMKIT_SERVE_KEY   # reachable by others: require a key
 
+  slmkit serve model.gguf --parallel 4   # 4 slots (llama.cpp contexts): 4 requests at once, threads split
+
   slmkit serve model.gguf --prompt-cache   # faster first token for prompts that share a prefix; see below
 
   slmkit serve --router runs/demo/07_route/router.json   # one endpoint in front of the SLM and the remote LLM
@@ -48,7 +50,11 @@ def command(
                                  help="extra latency before the first byte of every answer, in milliseconds"),
     n_ctx: int = typer.Option(N_CTX["serve"], "--n-ctx", min=1, help="context length (prompt plus answer, in tokens)"),
     threads: int | None = typer.Option(None, "--threads", min=1, show_default="all cores",
-                                       help="CPU threads for the model"),
+                                       help="CPU threads for the model (with --parallel: the total, split "
+                                            "evenly across the slots)"),
+    parallel: int = typer.Option(1, "--parallel", min=1,
+                                 help="slots: independent llama.cpp contexts over the same (shared, mmap'd) "
+                                      "weights, each answering one request at a time; others wait in order"),
     prompt_cache: bool = typer.Option(False, "--prompt-cache",
                                       help="reuse the previous prompt's KV cache for a shared prefix: faster first "
                                            "token, but answers may then depend on earlier requests"),
@@ -81,4 +87,4 @@ def command(
     from slmkit.pipelines.serving.server import serve_forever
 
     serve_forever(model, port, delay_ms, n_ctx, threads, host=host, prompt_cache=prompt_cache,
-                  api_key_env=api_key_env, max_body_bytes=max_body_bytes)
+                  api_key_env=api_key_env, max_body_bytes=max_body_bytes, parallel=parallel)

@@ -14,8 +14,14 @@ are read with a size cap and validated by the pydantic models in `serve_requests
 body for anything wrong), and the prompt is formatted and tokenised in a worker thread outside the model's
 lock, so a large or bad request never holds up the others.
 
-The model runs one request at a time (a llama.cpp context is not thread-safe); concurrent requests queue,
-which is what a single-slot llama.cpp server does too. Each request is prefilled from scratch (`llm.reset()`):
+Slots (`parallel`, `--parallel N`, default 1): N independent llama.cpp contexts (`Llama` instances) over the
+same GGUF. The weights are mmap'd, so the OS shares one copy of them; each slot has its own KV cache (N × the
+context's memory). A slot runs one request at a time (a llama.cpp context is not thread-safe); a request takes
+the first free slot, and when all are busy requests wait in arrival order (FIFO), as llama.cpp server's slots
+do. llama-cpp-python 0.3.36 has no continuous batching in its high-level API, so several contexts decoding
+side by side (each with a share of the CPU threads) is what is real here, not one batched decode. To serve
+many users at scale run llama.cpp's `llama-server -np N` (continuous batching) or vLLM, and register it as an
+`openai` bench target or distill teacher (`openai:MODEL@http://HOST:PORT/v1`). In every slot each request is prefilled from scratch (`llm.reset()`):
 llama.cpp would otherwise keep the previous prompt's KV cache and evaluate only the part after the common
 prefix, and a prefill of another batch shape rounds differently, so the same greedy request could get another
 answer depending on what the server answered before. `prompt_cache=True` (`--prompt-cache`) keeps the prefix
@@ -42,6 +48,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -159,14 +166,89 @@ class _Probe:
         raise self.Prompt(list(prompt))
 
 
+def threads_per_slot(n_threads: int | None, parallel: int) -> int:
+    """Each slot's CPU threads. `n_threads` (`--threads`) is the total for the server, not per slot: a user
+    sizes it to the machine, and slots that together ask for more threads than there are cores spin against
+    each other and decode slower than fewer would. So the total is split evenly (at least one each)."""
+    return max(1, (n_threads or default_threads()) // parallel)
+
+
+class _Slot:
+    """One llama.cpp context over the engine's GGUF: its model, hooks and lock (one request at a time)."""
+
+    def __init__(self, index: int, llm) -> None:
+        self.index, self.llm = index, llm
+        self.hooks = LlamaHooks(llm)
+        self.lock = threading.Lock()
+
+
+class _Ticket:
+    """A request waiting for a slot: `slot` is set, then `ready`, by the request that frees one."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.slot: _Slot | None = None
+
+
+class SlotPool:
+    """Hands each request a free slot, first come first served: a freed slot goes straight to the oldest
+    waiter, so a request arriving later cannot overtake one already waiting. `busy` and `peak_busy` count the
+    slots in use now and at most so far (for /health, and evidence in tests that slots really overlap)."""
+
+    _POLL_S = 0.05  # how often a waiter checks whether its client has gone (it then leaves the queue)
+
+    def __init__(self, slots: list[_Slot]) -> None:
+        self.size = len(slots)
+        self._free = deque(slots)
+        self._waiting: deque[_Ticket] = deque()
+        self._mutex = threading.Lock()
+        self.busy = self.peak_busy = 0
+
+    def acquire(self, cancelled: Callable[[], bool]) -> _Slot | None:
+        """A slot for this request (blocking, in a worker thread), or None if it was cancelled while waiting."""
+        with self._mutex:
+            if self._free and not self._waiting:
+                return self._take(self._free.popleft())
+            ticket = _Ticket()
+            self._waiting.append(ticket)
+        while not ticket.ready.wait(self._POLL_S):
+            if cancelled():
+                with self._mutex:
+                    if ticket.slot is None:  # not handed one yet: leave the queue
+                        self._waiting.remove(ticket)
+                        return None
+        return ticket.slot
+
+    def release(self, slot: _Slot) -> None:
+        with self._mutex:
+            self.busy -= 1
+            if self._waiting:
+                ticket = self._waiting.popleft()
+                ticket.slot = self._take(slot)
+                ticket.ready.set()
+            else:
+                self._free.append(slot)
+
+    def _take(self, slot: _Slot) -> _Slot:
+        self.busy += 1
+        self.peak_busy = max(self.peak_busy, self.busy)
+        return slot
+
+
 class Engine:
-    """One loaded GGUF: the model, its lock, and the checks a request passes before it may take the lock."""
+    """One GGUF loaded into `parallel` slots, the pool that hands them out, and the checks a request passes
+    before it may wait for one. `llm`, `hooks` and `lock` are the first slot's (with one slot, the model)."""
 
     def __init__(self, model_path: Path, n_ctx: int = N_CTX["serve"], n_threads: int | None = None,
-                 prompt_cache: bool = False) -> None:
-        self.llm = llama_adapter.open_llama(model_path, n_ctx, n_threads or default_threads(), what="slmkit serve")
-        self.hooks = LlamaHooks(self.llm)
-        self.lock = threading.Lock()
+                 prompt_cache: bool = False, parallel: int = 1) -> None:
+        check_parallel(parallel)
+        threads = threads_per_slot(n_threads, parallel)
+        self.slots = [_Slot(i, llama_adapter.open_llama(model_path, n_ctx, threads, what="slmkit serve"))
+                      for i in range(parallel)]
+        self.pool = SlotPool(self.slots)
+        self.threads_per_slot = threads
+        first = self.slots[0]
+        self.llm, self.hooks, self.lock = first.llm, first.hooks, first.lock
         self.model_id = Path(model_path).stem
         self.n_ctx = self.llm.n_ctx()
         self.prompt_cache = prompt_cache
@@ -207,20 +289,32 @@ class Engine:
                                 "model's context can hold", param=param, code="context_length_exceeded")
 
     def generate(self, route: _Route, kw: dict, job: _Job) -> None:
-        """Answer one request (in a worker thread): take the lock, reset the state unless the prompt cache is
-        on, generate, and report to `job` as ("start"), ("piece", text)…, then ("done", out) or ("error", e)."""
+        """Answer one request (in a worker thread): wait for a free slot, take its lock, reset its state unless
+        the prompt cache is on, generate, and report to `job` as ("start"), ("piece", text)…, then ("done", out)
+        or ("error", e)."""
+        slot = self.pool.acquire(job.cancelled)
+        if slot is None:
+            job.emit("cancelled")
+            return
         try:
-            with self.lock:
+            self._generate_in(slot, route, kw, job)
+        finally:
+            self.pool.release(slot)
+
+    def _generate_in(self, slot: _Slot, route: _Route, kw: dict, job: _Job) -> None:
+        try:
+            with slot.lock:
                 if job.cancelled():
                     job.emit("cancelled")
                     return
                 if not self.prompt_cache:
-                    self.llm.reset()  # every prompt prefilled from scratch: the same request, the same answer
-                self.hooks.begin(job.token if job.streaming else None, job.cancelled)
+                    slot.llm.reset()  # every prompt prefilled from scratch: the same request, the same answer
+                job.slot = slot
+                slot.hooks.begin(job.token if job.streaming else None, job.cancelled)
                 try:
-                    out = getattr(self.llm, route.method)(**kw)
+                    out = getattr(slot.llm, route.method)(**kw)
                 finally:
-                    prefilled = self.hooks.end()
+                    prefilled = slot.hooks.end()
         except GenerationCancelled:
             job.emit("cancelled")
             return
@@ -246,6 +340,7 @@ class _Job:
         self.engine, self.loop, self.streaming = engine, loop, streaming
         self.queue: asyncio.Queue = asyncio.Queue()
         self.pieces: TextPieces | None = None
+        self.slot: _Slot | None = None  # the slot generating it, once it has one
         self._cancel = threading.Event()
 
     def cancel(self) -> None:
@@ -259,9 +354,9 @@ class _Job:
             self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value))
 
     def token(self, tok: int) -> None:
-        """Each sampled token of a streamed answer (in the worker thread, under the model's lock)."""
+        """Each sampled token of a streamed answer (in the worker thread, under its slot's lock)."""
         if self.pieces is None:  # the stop strings are known once generation runs
-            self.pieces = TextPieces(self.engine.llm, self.engine.hooks.stops)
+            self.pieces = TextPieces(self.slot.llm, self.slot.hooks.stops)
             self.emit("start")
         piece = self.pieces.push(tok)
         if piece:
@@ -306,7 +401,8 @@ def create_app(engine: Engine, options: ServeOptions):
                            code="invalid_api_key")
 
     async def health(_: Request):
-        return JSONResponse({"status": "ok"})
+        pool = engine.pool  # the slots, as llama.cpp server's /health reports slots_idle / slots_processing
+        return JSONResponse({"status": "ok", "slots": pool.size, "slots_busy": pool.busy})
 
     async def models(request: Request):
         check_key(request)
@@ -545,6 +641,13 @@ def check_gguf(model_path: Path) -> Path:
     return path
 
 
+def check_parallel(parallel: int) -> int:
+    """`parallel` if it is a slot count (1 or more), else SlmkitError, before any model is loaded."""
+    if isinstance(parallel, bool) or not isinstance(parallel, int) or parallel < 1:
+        raise SlmkitError(f"slmkit serve: --parallel {parallel}: give 1 or more slots (llama.cpp contexts)")
+    return parallel
+
+
 def api_key_from_env(var: str | None) -> str | None:
     """The key held by the environment variable `var` (None: no key required). The key is never shown."""
     if var is None:
@@ -562,12 +665,12 @@ def api_key_from_env(var: str | None) -> str | None:
 
 def make_server(model_path: Path, port: int, delay_ms: int = 0, n_ctx: int = N_CTX["serve"], n_threads: int | None = None,
                 *, host: str = "127.0.0.1", prompt_cache: bool = False, api_key: str | None = None,
-                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> Server:
+                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, parallel: int = 1) -> Server:
     """A server bound and loaded, not yet serving. Start-up problems are SlmkitErrors: the port is taken or out
     of range, or the file is missing or not a GGUF. The port is checked first, so they come fast."""
     sock = bind(host, port)
     try:
-        engine = Engine(check_gguf(model_path), n_ctx, n_threads, prompt_cache)
+        engine = Engine(check_gguf(model_path), n_ctx, n_threads, prompt_cache, parallel)
     except BaseException:
         sock.close()
         raise
@@ -576,14 +679,16 @@ def make_server(model_path: Path, port: int, delay_ms: int = 0, n_ctx: int = N_C
 
 def serve_forever(model_path: Path, port: int, delay_ms: int = 0, n_ctx: int = N_CTX["serve"], n_threads: int | None = None,
                   *, host: str = "127.0.0.1", prompt_cache: bool = False, api_key_env: str | None = None,
-                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, parallel: int = 1) -> None:
     """`slmkit serve`: serve until interrupted (Ctrl-C or SIGTERM)."""
+    check_parallel(parallel)
     check_gguf(model_path)
     api_key = api_key_from_env(api_key_env)
     server = make_server(model_path, port, delay_ms, n_ctx, n_threads, host=host, prompt_cache=prompt_cache,
-                         api_key=api_key, max_body_bytes=max_body_bytes)
+                         api_key=api_key, max_body_bytes=max_body_bytes, parallel=parallel)
     shown = f"[{host}]" if ":" in host else host
-    notes = [n for n, on in (("API key required", api_key), ("prompt cache on", prompt_cache)) if on]
+    notes = [n for n, on in (("API key required", api_key), ("prompt cache on", prompt_cache),
+                                 (f"{parallel} slots × {server.engine.threads_per_slot} threads", parallel > 1)) if on]
     print(f"serving {model_path} at http://{shown}:{port}/v1" + (f" ({', '.join(notes)})" if notes else ""),
           flush=True)
     try:
@@ -598,13 +703,14 @@ def serve_forever(model_path: Path, port: int, delay_ms: int = 0, n_ctx: int = N
 def serve_gguf(path: str | Path, port: int | None = None, delay_ms: int = 0, n_ctx: int = N_CTX["serve"],
                n_threads: int | None = None, ready_timeout: float = 120.0, *, prompt_cache: bool = False,
                host: str = "127.0.0.1", api_key_env: str | None = None,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, log: Path | None = None) -> Iterator[str]:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, log: Path | None = None,
+               parallel: int = 1) -> Iterator[str]:
     """Run `slmkit serve` on a GGUF in a subprocess; yields the base URL (http://127.0.0.1:PORT/v1).
 
     `n_threads=None` uses every core. Waits until /health answers, and always stops the server on exit (even
     on errors in the block). The model id the server answers to is the file's stem (see GET /v1/models).
     `prompt_cache`, `api_key_env` (a variable in this process's environment) and `max_body_bytes` are
-    `slmkit serve`'s options. The server's output goes to `log` (default: a temporary file whose tail is shown
+    `slmkit serve`'s options, and so is `parallel` (slots; `n_threads` is then their total). The server's output goes to `log` (default: a temporary file whose tail is shown
     if the server exits early; never a pipe, which a chatty server could fill and block on).
     """
     import httpx
@@ -612,11 +718,13 @@ def serve_gguf(path: str | Path, port: int | None = None, delay_ms: int = 0, n_c
     path = Path(path)
     if not path.is_file():
         raise SlmkitError(f"serve_gguf: no GGUF file at {path}")
+    check_parallel(parallel)
     port = port or free_port()
     cmd = [sys.executable, "-m", "slmkit.pipelines.serving.server", str(path), "--port", str(port), "--host", host,
            "--delay-ms", str(delay_ms), "--n-ctx", str(n_ctx), "--threads", str(n_threads or default_threads()),
            "--max-body-bytes", str(max_body_bytes)]
     cmd += ["--prompt-cache"] if prompt_cache else []
+    cmd += ["--parallel", str(parallel)] if parallel != 1 else []
     cmd += ["--api-key-env", api_key_env] if api_key_env else []
     local = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else
                                                           f"[{host}]" if ":" in host else host)
@@ -664,10 +772,11 @@ def _main(argv: list[str]) -> None:
     ap.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     ap.add_argument("--prompt-cache", action="store_true")
     ap.add_argument("--api-key-env", default=None)
+    ap.add_argument("--parallel", type=int, default=1)
     a = ap.parse_args(argv)
     try:
         serve_forever(a.model, a.port, a.delay_ms, a.n_ctx, a.threads or None, host=a.host,
-                      prompt_cache=a.prompt_cache, api_key_env=a.api_key_env, max_body_bytes=a.max_body_bytes)
+                      prompt_cache=a.prompt_cache, api_key_env=a.api_key_env, max_body_bytes=a.max_body_bytes, parallel=a.parallel)
     except SlmkitError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)
