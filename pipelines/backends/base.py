@@ -61,7 +61,7 @@ class ClientSpec:
     name of the variable that holds it, read by the client when it connects."""
 
     kind: str
-    location: str  # gguf file, hf folder or id, or an endpoint's base URL
+    location: str | list[str]  # gguf file, hf folder or id, an endpoint's base URL, or a pool's URLs
     model: str | None = None  # the model name at an endpoint
     api: Api = "chat"
     where: str = "model"  # how errors name this client's config, e.g. "distill.teacher"
@@ -72,6 +72,7 @@ class ClientSpec:
     api_key_env: str | None = None
     tokenizer: str | None = None  # endpoint: count tokens with this when the server reports no usage
     max_connections: int | None = None
+    per_endpoint: int | None = None  # a pool: requests in flight at one endpoint at most
 
 
 class Client(Protocol):

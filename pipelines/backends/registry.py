@@ -3,6 +3,7 @@ bench's targets, the router and agent benchmarks) gets it through `make_client`.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import threading
 
@@ -33,4 +34,10 @@ def client_class(kind: str) -> type:
 def make_client(spec: ClientSpec, policy: RetryPolicy = NO_RETRY, stop: threading.Event | None = None) -> Client:
     """The client for `spec.kind`. `policy` is the caller's (a paid teacher retries; a benchmark does not);
     `stop`, once set, sends no new request (local clients: checked by the caller between requests)."""
+    if isinstance(spec.location, list):
+        if len(spec.location) > 1:  # several endpoints of one model: a pool spreads the requests
+            from slmkit.pipelines.backends.pool import EndpointPool
+
+            return EndpointPool(spec, policy=policy, stop=stop)
+        spec = dataclasses.replace(spec, location=spec.location[0])
     return client_class(spec.kind)(spec, policy=policy, stop=stop)

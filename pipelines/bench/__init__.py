@@ -144,7 +144,8 @@ def ready(spec: TargetConfig, ctx: StageContext) -> Iterator[tuple[Target, dict]
         return
     if spec.kind == "openai":
         facts["base_url"] = spec.base_url
-        yield Target(location=spec.base_url, model=spec.model, **common), facts
+        yield Target(location=spec.base_url, model=spec.model, per_endpoint=spec.per_endpoint_concurrency,
+                     **common), facts
         return
     if spec.from_:
         stage, key = spec.from_.split(".")
@@ -331,7 +332,9 @@ def run(config: BenchConfig, ctx: StageContext) -> Outcome:
 
     for i, spec in enumerate(specs):  # a named key variable that is unset stops the stage before any request
         if spec.kind == "openai":
-            key_for(spec.api_key_env, spec.base_url or "http://127.0.0.1", f"bench.targets.{i}.api_key_env")
+            urls = spec.base_url if isinstance(spec.base_url, list) else [spec.base_url or "http://127.0.0.1"]
+            for url in urls:  # a pool: every endpoint gets the key, so each is checked (and warned for) alike
+                key_for(spec.api_key_env, url, f"bench.targets.{i}.api_key_env")
     task = config.task
     data = task.data or ctx.first_input("eval", ["curate"])
     if data is None:

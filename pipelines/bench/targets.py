@@ -18,6 +18,7 @@ from pydantic import ConfigDict, Field, model_validator
 
 from slmkit.pipelines import backends
 from slmkit.pipelines.backends import NO_RETRY, ClientSpec, Request
+from slmkit.pipelines.backends.pool import BaseURL
 from slmkit.pipelines.core import secrets
 from slmkit.pipelines.core.defaults import N_CTX
 from slmkit.pipelines.core.types import InputPath, StrictModel
@@ -37,7 +38,10 @@ class TargetConfig(StrictModel):
                                                 "id; gguf: a known model, exported once to an F16 GGUF (cached)")
     from_: str | None = Field(None, alias="from", description="STAGE.KEY: the path is that upstream output "
                                                               "(e.g. quantize.Q4_K_M, merge.model)")
-    base_url: secrets.EndpointURL | None = None
+    base_url: BaseURL | None = Field(None, description="openai: the endpoint, or a list of endpoints of the same "
+                                                    "model (a pool)")
+    per_endpoint_concurrency: int | None = Field(None, ge=1, description="a pool: requests in flight at one "
+                                                 "endpoint at most (default: no cap beyond bench's own)")
     api_key_env: secrets.EnvVarName | None = Field(None, description="openai: the environment variable holding the endpoint's "
                                                       "key, sent as a Bearer token (unset: no key is sent)")
     api: Literal["chat", "completions"] = "chat"
@@ -114,7 +118,7 @@ class Target:
 
     label: str
     kind: str
-    location: str  # gguf file, hf folder/id, or the endpoint's base URL
+    location: str | list[str]  # gguf file, hf folder/id, the endpoint's base URL, or a pool's URLs
     model: str | None
     api: str
     messages_prefix: list[dict]  # system + few-shot turns
@@ -124,6 +128,7 @@ class Target:
     tokenizer: str | None
     timeout: float
     prompt_cache: bool = False
+    per_endpoint: int | None = None  # a pool: requests in flight at one endpoint at most
     logprobs: bool = False  # record each answer token's log-probability (route's confidence signals)
 
 
@@ -142,7 +147,7 @@ def client_spec(target: Target) -> ClientSpec:
     return ClientSpec(kind=target.kind, location=target.location, model=target.model, api=target.api,
                       where=f"bench target '{target.label}'", n_ctx=target.n_ctx, n_threads=target.n_threads,
                       prompt_cache=target.prompt_cache, timeout=target.timeout, api_key_env=target.api_key_env,
-                      tokenizer=target.tokenizer)
+                      tokenizer=target.tokenizer, per_endpoint=target.per_endpoint)
 
 
 class BenchClient:

@@ -191,7 +191,10 @@ class _Asker:
         self.config, self.tcfg, self.prompts, self.shots = config, tcfg, prompts, shots
         self.params, self.cache, self.teacher, self.stop = params, cache, teacher, stop
         # A served teacher's port changes between runs: its cache entries are keyed by what is served instead.
-        self.where = f"serve:{tcfg.serve}" if tcfg.serve else tcfg.base_url or ""
+        # A pool is keyed by its endpoints as a set: listing them in another order re-asks nothing.
+        urls = tcfg.base_url
+        self.where = (f"serve:{tcfg.serve}" if tcfg.serve else
+                      "pool:" + ",".join(sorted(urls)) if isinstance(urls, list) else urls or "")
 
     def __call__(self, i: int, s: int) -> JobResult | None:
         """The job's result; None when `stop` came first (nothing of it was asked, so nothing is lost)."""

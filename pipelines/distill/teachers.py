@@ -27,6 +27,7 @@ from slmkit.pipelines.backends import (
     RetryPolicy,
     completion_prompt,
 )
+from slmkit.pipelines.backends.pool import BaseURL
 from slmkit.pipelines.core import secrets
 from slmkit.pipelines.core.defaults import N_CTX
 from slmkit.pipelines.core.errors import SlmkitError
@@ -40,7 +41,8 @@ class TeacherConfig(StrictModel):
     kind: Literal["openai", "hf", "gguf"]
     model: str | None = Field(None, description="model name at the endpoint, or a local path for hf/gguf "
                                                 "(with `serve`: the served file's stem)")
-    base_url: secrets.EndpointURL | None = None
+    base_url: BaseURL | None = Field(None, description="the endpoint, or a list of endpoints of the same model "
+                                                    "(a pool: requests spread over them, a dead one is skipped)")
     serve: str | None = Field(None, description="openai only: serve this GGUF file or known model on loopback "
                                                 "for the stage instead of calling base_url")
     delay_ms: int = Field(0, ge=0, description="with `serve`: added latency per request (a network stand-in)")
@@ -51,6 +53,8 @@ class TeacherConfig(StrictModel):
     price_input_per_1m: float | None = Field(None, ge=0)
     price_output_per_1m: float | None = Field(None, ge=0)
     concurrency: int = Field(4, ge=1, le=256)
+    per_endpoint_concurrency: int | None = Field(None, ge=1, le=256, description="a pool: requests in flight at "
+                                                 "one endpoint at most (default: `concurrency`)")
     timeout: float = Field(60.0, gt=0)
     retries: int = Field(5, ge=0)
     backoff: float = Field(0.5, ge=0, description="first retry delay in seconds; doubles each time, with jitter")
@@ -121,7 +125,8 @@ def client_spec(cfg: TeacherConfig, n_threads: int | None = None) -> ClientSpec:
     return ClientSpec(kind=cfg.kind, location=(cfg.base_url or "") if cfg.kind == "openai" else str(cfg.model),
                       model=cfg.model, api=cfg.api, where="distill.teacher", n_ctx=TEACHER_N_CTX,
                       n_threads=n_threads, timeout=cfg.timeout, api_key_env=cfg.api_key_env,
-                      max_connections=cfg.concurrency * 2)
+                      max_connections=cfg.concurrency * 2,
+                      per_endpoint=cfg.per_endpoint_concurrency or cfg.concurrency)
 
 
 def retry_policy(cfg: TeacherConfig) -> RetryPolicy:

@@ -1,0 +1,178 @@
+"""A teacher or bench target with several base URLs (a pool), against small fake OpenAI-compatible servers on
+127.0.0.1: requests spread, the per-endpoint cap holds, a dead endpoint is skipped and nothing is paid twice."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+from rich.console import Console
+
+from slmkit.pipelines import distill
+from slmkit.pipelines.backends import ClientSpec, Request, make_client
+from slmkit.pipelines.backends.pool import EndpointPool
+from slmkit.pipelines.bench.targets import TargetConfig
+from slmkit.pipelines.core.stage import StageContext
+from slmkit.pipelines.distill.teachers import TeacherConfig
+
+
+class FakeEndpoint:
+    """Answers each chat request with a text naming its prompt; counts answers per prompt and the most requests
+    in flight at once. `die_after` answers, it hangs up on what it holds and refuses connections from then on."""
+
+    def __init__(self, die_after: int | None = None, port: int = 0):
+        self.answered: Counter = Counter()
+        self.in_flight = self.peak = 0
+        self.die_after, self.dead, self.lock = die_after, False, threading.Lock()
+        endpoint = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                self.close_connection = True
+                if endpoint.enter():
+                    time.sleep(0.02)  # so that requests overlap and the cap is tested
+                    endpoint.answer(self, body["messages"][-1]["content"])
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def enter(self) -> bool:
+        with self.lock:
+            if self.dead:
+                return False  # hang up: a connection-type failure at the client
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            return True
+
+    def answer(self, handler: BaseHTTPRequestHandler, prompt: str) -> None:
+        with self.lock:
+            self.in_flight -= 1
+            if self.die_after is not None and sum(self.answered.values()) >= self.die_after:
+                self.kill()
+                return
+            self.answered[prompt] += 1
+        raw = json.dumps({"choices": [{"message": {"content": f"answer to {prompt}"}, "finish_reason": "stop"}],
+                          "usage": {"prompt_tokens": 3, "completion_tokens": 4}}).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(raw)))
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        handler.wfile.write(raw)
+
+    def kill(self) -> None:
+        self.dead = True
+        threading.Thread(target=self.close, daemon=True).start()  # shutdown() waits for serve_forever's loop
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def endpoints():
+    made: list[FakeEndpoint] = []
+
+    def make(die_after: int | None = None, port: int = 0) -> FakeEndpoint:
+        made.append(FakeEndpoint(die_after, port))
+        return made[-1]
+    yield make
+    for e in made:
+        if not e.dead:
+            e.close()
+
+
+def _prompts(tmp_path: Path, n: int) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps({"prompt": f"prompt {i}"}) + "\n" for i in range(n)))
+    return path
+
+
+def _ctx(tmp_path: Path, name: str = "out") -> StageContext:
+    out = tmp_path / name
+    out.mkdir(parents=True, exist_ok=True)
+    return StageContext(stage="distill", out=out, state=out / "state", cache=tmp_path / "cache", upstream={},
+                        fingerprint="test", console=Console(quiet=True))
+
+
+def _config(urls: list[str], prompts: Path, **teacher) -> distill.DistillConfig:
+    t = {"kind": "openai", "model": "fake", "base_url": urls, "concurrency": 4, "timeout": 30, "retries": 4,
+         "backoff": 0.01, **teacher}
+    return distill.DistillConfig.model_validate({"teacher": t, "prompts": prompts, "max_tokens": 4,
+                                                 "max_failed_share": 1})
+
+
+def _report(tmp_path: Path, name: str = "out") -> dict:
+    return json.loads((tmp_path / name / "report.json").read_text())
+
+
+def test_requests_spread_over_the_pool_within_the_cap(tmp_path, endpoints):
+    a, b = endpoints(), endpoints()
+    res = distill.run(_config([a.url, b.url], _prompts(tmp_path, 16), concurrency=6, per_endpoint_concurrency=2),
+                      _ctx(tmp_path))
+    assert res.metrics["answered"] == 16
+    assert a.answered and b.answered  # both got some
+    assert a.peak <= 2 and b.peak <= 2  # counted at the servers
+    assert sum((a.answered + b.answered).values()) == 16
+
+
+def test_a_dead_endpoint_is_skipped_and_nothing_is_answered_twice(tmp_path, endpoints):
+    a, b = endpoints(die_after=3), endpoints()
+    res = distill.run(_config([a.url, b.url], _prompts(tmp_path, 12)), _ctx(tmp_path))
+    assert res.metrics["answered"] == 12 and res.metrics["failed"] == 0
+    both = a.answered + b.answered
+    assert set(both) == {f"prompt {i}" for i in range(12)} and set(both.values()) == {1}
+    retried = _report(tmp_path)["retried"]
+    assert retried and all(kind.endswith(f"@{a.url}") for kind in retried), retried
+
+
+def test_kill_and_rerun_asks_nothing_already_answered(tmp_path, endpoints):
+    a, b = endpoints(die_after=2), endpoints(die_after=2)
+    prompts = _prompts(tmp_path, 8)
+    first = distill.run(_config([a.url, b.url], prompts, retries=0, concurrency=2), _ctx(tmp_path, "first"))
+    answered = a.answered + b.answered
+    assert first.metrics["answered"] == 4 == sum(answered.values())
+    # The same endpoints back up (same URLs, so the same cache keys: the pool's URLs name the teacher there).
+    c, d = (endpoints(port=int(e.url.split(":")[2].split("/")[0])) for e in (a, b))
+    second = distill.run(_config([c.url, d.url], prompts, retries=0, concurrency=2), _ctx(tmp_path, "second"))
+    assert second.metrics["answered"] == 8
+    assert not set(c.answered + d.answered) & set(answered)  # the 4 answers of the first run came from the cache
+
+
+def test_a_bench_target_pool_spreads_its_requests(endpoints):
+    a, b = endpoints(), endpoints()
+    target = TargetConfig.model_validate({"kind": "openai", "model": "fake", "base_url": [a.url, b.url]})
+    client = make_client(ClientSpec(kind="openai", location=target.base_url, model="fake", per_endpoint=1))
+    assert isinstance(client, EndpointPool)
+    for i in range(4):
+        client.complete(Request(messages=[{"role": "user", "content": f"q{i}"}]))
+    client.close()
+    assert a.answered and b.answered
+    assert [s["answered"] for s in client.stats()] == [2, 2]
+
+
+def test_a_single_url_stays_a_string():
+    assert TeacherConfig(kind="openai", model="m", base_url="http://127.0.0.1:1/v1").base_url == "http://127.0.0.1:1/v1"
+
+
+@pytest.mark.parametrize("model", [TeacherConfig, TargetConfig])
+def test_a_bad_url_in_the_pool_names_the_key_not_the_secret(model):
+    secret = "sk-abcdefghijklmnop1234"
+    with pytest.raises(ValidationError) as err:
+        model.model_validate({"kind": "openai", "model": "m",
+                              "base_url": ["http://127.0.0.1:1/v1", f"http://127.0.0.1:2/v1?api_key={secret}"]})
+    text = str(err.value)
+    assert "base_url" in text and "credentials" in text and secret not in text
