@@ -16,7 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.core.rundir import write_json
@@ -74,6 +74,46 @@ class FinetuneConfig(StrictModel):
     seed: int | None = Field(None, description="default: the recipe's seed")
     processes: int = Field(1, ge=1, description="data-parallel training processes (accelerate launch; DDP)")
     kd: KDSection | None = Field(None, description="logit distillation on teacher top-k in the data")
+    machines: int = Field(1, ge=1, description="machines to train on, each running `processes` workers")
+    machine_rank: int | None = Field(None, ge=0, description="this machine's index (0 writes the outputs); "
+                                                            "default: NODE_RANK, GROUP_RANK, SLURM_NODEID or RANK")
+    main_address: str | None = Field(None, description="machine 0's address, for machines > 1; "
+                                                       "default: MASTER_ADDR")
+    main_port: int = Field(29500, gt=0, lt=65536, description="machine 0's rendezvous port; "
+                                                             "default: MASTER_PORT, else 29500")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _launcher_env(cls, data):
+        """Unset multi-machine keys come from what a cluster launcher (Slurm, torchrun) exports."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        if data.get("main_address") is None and os.environ.get("MASTER_ADDR"):
+            data["main_address"] = os.environ["MASTER_ADDR"]
+        if data.get("main_port") is None and os.environ.get("MASTER_PORT"):
+            data["main_port"] = os.environ["MASTER_PORT"]
+        return data
+
+    @model_validator(mode="after")
+    def _check_machines(self):
+        if self.machine_rank is None:
+            # Only a multi-machine run reads the env: a stray RANK must not break a single-machine run.
+            self.machine_rank = _env_machine_rank() if self.machines > 1 else 0
+        if self.machine_rank >= self.machines:
+            raise ValueError(f"finetune.machine_rank: {self.machine_rank} must be < finetune.machines "
+                             f"({self.machines})")
+        if self.machines > 1 and not self.main_address:
+            raise ValueError("finetune.main_address: machines > 1 needs machine 0's address "
+                             "(set main_address or MASTER_ADDR)")
+        return self
+
+
+def _env_machine_rank() -> int:
+    for name in ("NODE_RANK", "GROUP_RANK", "SLURM_NODEID", "RANK"):
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return 0
 
 
 # ---------------------------------------------------------------- setup
@@ -277,7 +317,7 @@ def train(config: FinetuneConfig, ctx: StageContext, callbacks=()) -> Outcome:
 
 
 def run(config: FinetuneConfig, ctx: StageContext) -> Outcome:
-    if config.processes > 1 and "WORLD_SIZE" not in os.environ:
+    if (config.processes > 1 or config.machines > 1) and "WORLD_SIZE" not in os.environ:
         return _launch(config, ctx)
     return train(config, ctx)
 
@@ -296,5 +336,6 @@ def _launch(config: FinetuneConfig, ctx: StageContext) -> Outcome:
         raise SlmkitError("finetune.data: no training data (set `data`, or run distill or curate before finetune)")
     seed = ctx.seed if config.seed is None else config.seed
     res = finetune_launch.launch(dump, ctx.out, ctx.state, config.processes, seed, ctx.console)
-    (ctx.out / finetune_launch.OUTCOME).unlink(missing_ok=True)
+    if config.machine_rank == 0:  # in a folder the machines share, outcome.json is machine 0's to remove
+        (ctx.out / finetune_launch.OUTCOME).unlink(missing_ok=True)
     return Outcome(outputs=res["outputs"], metrics={**res["metrics"], "processes": config.processes})

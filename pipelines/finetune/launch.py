@@ -25,25 +25,52 @@ from slmkit.pipelines.core.errors import SlmkitError
 OUTCOME = "outcome.json"
 
 
+def launch_command(config_dump: dict, machine_rank: int, spec: Path, out: Path, state: Path, seed: int) -> list[str]:
+    """The argv that starts this finetune's workers on machine `machine_rank` (pure: prints or runs as is)."""
+    machines = int(config_dump.get("machines", 1))
+    # `--multi_gpu` is accelerate's torchrun launcher; without CUDA it runs CPU processes over gloo.
+    # (`--cpu` with several processes would silently start one process only.) num_processes is the total.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
+           "--num_processes", str(int(config_dump["processes"]) * machines), "--num_machines", str(machines)]
+    if machines > 1:
+        cmd += ["--machine_rank", str(machine_rank), "--main_process_ip", str(config_dump["main_address"]),
+                "--main_process_port", str(config_dump["main_port"])]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no"]
+    return cmd + ["-m", "slmkit.pipelines.finetune.launch", "--config", str(spec), "--out", str(out),
+                  "--state", str(state), "--seed", str(seed)]
+
+
+def write_spec(config_dump: dict, state: Path) -> Path:
+    """The workers' config: one process's view, the same file on every machine (so a shared state folder
+    holds one), written atomically because several machines may write it at once."""
+    spec = state / "launch-config.json"
+    worker = {**config_dump, "processes": 1, "machines": 1, "machine_rank": 0}
+    tmp = spec.with_name(f".{spec.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(worker, indent=2, default=str))
+    os.replace(tmp, spec)
+    return spec
+
+
 def launch(config_dump: dict, out: Path, state: Path, processes: int, seed: int, console) -> dict:
-    """Run `processes` workers with accelerate and return rank 0's outcome (outputs and metrics)."""
+    """Run this machine's workers with accelerate; return rank 0's outcome (outputs and metrics) on machine 0,
+    and nothing elsewhere: other machines write no outputs."""
     import torch
 
-    spec = state / "launch-config.json"
-    spec.write_text(json.dumps({**config_dump, "processes": 1}, indent=2, default=str))
-    (out / OUTCOME).unlink(missing_ok=True)
-    # `--multi_gpu` is accelerate's torchrun launcher; without CUDA it runs CPU processes over gloo.
-    # (`--cpu` with several processes would silently start one process only.)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    cmd += ["-m", "slmkit.pipelines.finetune.launch", "--config", str(spec), "--out", str(out),
-            "--state", str(state), "--seed", str(seed)]
-    console.print(f"finetune: launching {processes} processes ({'GPU' if torch.cuda.is_available() else 'CPU, gloo'})")
+    rank = int(config_dump.get("machine_rank") or 0)
+    spec = write_spec(config_dump, state)
+    if rank == 0:
+        (out / OUTCOME).unlink(missing_ok=True)
+    cmd = launch_command(config_dump, rank, spec, out, state, seed)
+    where = f"machine {rank} of {config_dump.get('machines', 1)}: " if int(config_dump.get("machines", 1)) > 1 else ""
+    console.print(f"finetune: {where}launching {processes} processes "
+                  f"({'GPU' if torch.cuda.is_available() else 'CPU, gloo'})")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     res = subprocess.run(cmd, env=env)
-    if res.returncode != 0 or not (out / OUTCOME).exists():
+    if res.returncode != 0 or (rank == 0 and not (out / OUTCOME).exists()):
         raise SlmkitError(f"finetune: the {processes} training processes failed (exit {res.returncode}); "
                           "see the output above")
+    if rank != 0:
+        return {"outputs": {}, "metrics": {}}
     return json.loads((out / OUTCOME).read_text())
 
 
