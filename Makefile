@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-slow demo reproduce agent bench bench-all bench-curate bench-distill bench-faults bench-finetune bench-serve bench-route bench-quantize bench-quant-mixture bench-prefill bench-quantize-reference lint clean
+.PHONY: setup test test-slow demo reproduce agent bench bench-all bench-curate bench-distill bench-faults bench-finetune bench-serve bench-serve-concurrency bench-route bench-quantize bench-quant-mixture bench-prefill bench-quantize-reference lint clean
 
 setup: $(STAMP)
 
@@ -86,6 +86,10 @@ bench-route: setup
 
 bench-finetune: setup
 	$(BIN)/python scripts/bench_finetune.py
+
+# slmkit serve --parallel: throughput and TTFT by slots (1, 2) x concurrent clients (1, 4, 8).
+bench-serve-concurrency: setup
+	$(BIN)/python scripts/bench_serve_concurrency.py --slots 1 2 --clients 1 4 8
 
 bench-quantize: setup
 	$(BIN)/python scripts/bench_quantize.py
