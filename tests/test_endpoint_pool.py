@@ -30,6 +30,7 @@ class FakeEndpoint:
         self.answered: Counter = Counter()
         self.in_flight = self.peak = 0
         self.die_after, self.dead, self.lock = die_after, False, threading.Lock()
+        self.closed = threading.Event()  # set once the port is released (kill() closes in the background)
         endpoint = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -80,6 +81,7 @@ class FakeEndpoint:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+        self.closed.set()
 
 
 @pytest.fixture
@@ -145,7 +147,9 @@ def test_kill_and_rerun_asks_nothing_already_answered(tmp_path, endpoints):
     first = distill.run(_config([a.url, b.url], prompts, retries=0, concurrency=2), _ctx(tmp_path, "first"))
     answered = a.answered + b.answered
     assert first.metrics["answered"] == 4 == sum(answered.values())
-    # The same endpoints back up (same URLs, so the same cache keys: the pool's URLs name the teacher there).
+    # The same endpoints back up (same URLs, so the same cache keys: the pool's URLs name the teacher there),
+    # once the dead ones have released their ports.
+    assert a.closed.wait(30) and b.closed.wait(30)
     c, d = (endpoints(port=int(e.url.split(":")[2].split("/")[0])) for e in (a, b))
     second = distill.run(_config([c.url, d.url], prompts, retries=0, concurrency=2), _ctx(tmp_path, "second"))
     assert second.metrics["answered"] == 8
