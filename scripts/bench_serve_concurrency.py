@@ -22,42 +22,29 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
-
 from slmkit.pipelines.core.defaults import usable_cores
 from slmkit.pipelines.serving.server import serve_gguf, threads_per_slot
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from helpers import smollm2_gguf  # noqa: E402 - the same lookup the tests use for the shipped GGUF
 
+sys.path.insert(0, str(Path(__file__).parent))
+import bench_serve  # noqa: E402 - its streamed-request client, shared
+
 TOPICS = ["a failed backup", "a late delivery", "a double charge", "a password reset", "a broken printer",
           "a missing invoice", "a slow website", "a cancelled order"]
 
 
-def streamed(base: str, prompt: str, max_tokens: int) -> dict:
-    """One streamed greedy chat request: its time to first text, total time and completion tokens."""
-    body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0,
-            "stream": True, "stream_options": {"include_usage": True}}
-    t0 = time.perf_counter()
-    ttft, tokens = None, 0
-    with httpx.stream("POST", base + "/chat/completions", json=body, timeout=600) as r:
-        r.raise_for_status()
-        for line in r.iter_lines():
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
-            if chunk.get("usage"):
-                tokens = chunk["usage"]["completion_tokens"]
-            elif ttft is None and chunk["choices"][0]["delta"].get("content"):
-                ttft = time.perf_counter() - t0
-    total = time.perf_counter() - t0
-    return {"ttft_s": total if ttft is None else ttft, "total_s": total, "completion_tokens": tokens}
-
-
 def client_run(base: str, client: int, requests: int, max_tokens: int) -> list[dict]:
     """One client's requests, back to back (a new one as soon as the last is answered)."""
-    return [streamed(base, f"Write a two-sentence reply to a customer about {TOPICS[(client + i) % len(TOPICS)]}.",
-                     max_tokens) for i in range(requests)]
+    return [bench_serve.streamed(base, _body(f"Write a two-sentence reply to a customer about "
+                                             f"{TOPICS[(client + i) % len(TOPICS)]}.", max_tokens))
+            for i in range(requests)]
+
+
+def _body(prompt: str, max_tokens: int) -> dict:
+    """A greedy chat request (bench_serve.streamed adds the streaming fields)."""
+    return {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "temperature": 0}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -98,7 +85,7 @@ def main() -> None:
     runs = []
     for slots in a.slots:
         with serve_gguf(gguf, n_threads=threads, parallel=slots) as base:
-            streamed(base, "Hello.", 4)  # warm-up: page the weights in before timing
+            bench_serve.streamed(base, _body("Hello.", 4))  # warm-up: page the weights in before timing
             for clients in a.clients:
                 row = {"slots": slots, "threads_per_slot": threads_per_slot(threads, slots),
                        **load(base, clients, a.requests, a.max_tokens)}

@@ -130,3 +130,15 @@ class ScriptEndpoint:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+def distill_ctx(tmp_path: Path, name: str = "out"):
+    """A StageContext for running the distill stage in-process: out and state under tmp_path, a shared cache."""
+    from rich.console import Console
+
+    from slmkit.pipelines.core.stage import StageContext
+
+    out = tmp_path / name
+    out.mkdir(parents=True, exist_ok=True)
+    return StageContext(stage="distill", out=out, state=out / "state", cache=tmp_path / "cache", upstream={},
+                        fingerprint="test", console=Console(quiet=True))

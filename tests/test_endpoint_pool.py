@@ -11,14 +11,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from helpers import distill_ctx
 from pydantic import ValidationError
-from rich.console import Console
 
 from slmkit.pipelines import distill
 from slmkit.pipelines.backends import ClientSpec, Request, make_client
 from slmkit.pipelines.backends.pool import EndpointPool
 from slmkit.pipelines.bench.targets import TargetConfig
-from slmkit.pipelines.core.stage import StageContext
 from slmkit.pipelines.distill.teachers import TeacherConfig
 
 
@@ -103,11 +102,7 @@ def _prompts(tmp_path: Path, n: int) -> Path:
     return path
 
 
-def _ctx(tmp_path: Path, name: str = "out") -> StageContext:
-    out = tmp_path / name
-    out.mkdir(parents=True, exist_ok=True)
-    return StageContext(stage="distill", out=out, state=out / "state", cache=tmp_path / "cache", upstream={},
-                        fingerprint="test", console=Console(quiet=True))
+_ctx = distill_ctx  # the distill stage in-process (tests/helpers.py)
 
 
 def _config(urls: list[str], prompts: Path, **teacher) -> distill.DistillConfig:
