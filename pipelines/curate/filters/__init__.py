@@ -40,6 +40,7 @@ from slmkit.pipelines.curate.filters.dedup import DedupFilter, dedup_key, run_de
 from slmkit.pipelines.curate.filters.near_dedup import (
     SCHEME,
     NearDedupFilter,
+    lsh_values,
     run_near_dedup,
     shingles,
     signature,
@@ -67,10 +68,13 @@ from slmkit.pipelines.curate.filters.relevance import (
     MINILM_NAMES,
     STOPWORDS,
     RelevanceFilter,
+    document_frequencies,
     embed_scores,
     lexical_scores,
     load_seeds,
     model_path,
+    relevance_verdicts,
+    resolve_method,
     run_relevance,
 )
 
@@ -104,8 +108,9 @@ __all__ = [
     "BOILERPLATE", "FILTERS", "MINILM_NAMES", "PII_KINDS", "PII_PATTERNS", "SCHEME", "STOPWORDS",
     "DecontaminateFilter", "DedupFilter", "Env", "Filter", "FilterResult", "NearDedupFilter", "NormalizeFilter",
     "Part", "PiiFilter", "QualityFilter", "Record", "RelevanceFilter", "Verdict",
-    "clip", "dedup_key", "default_filters", "embed_scores", "iban_ok", "label", "lexical_scores", "load_seeds",
-    "luhn_ok", "model_path", "normalize_text", "phone_ok", "pmap", "quality_reason", "redact",
+    "clip", "dedup_key", "default_filters", "document_frequencies", "embed_scores", "iban_ok", "label", "lexical_scores", "load_seeds",
+    "lsh_values", "luhn_ok", "model_path", "normalize_text", "phone_ok", "pmap", "quality_reason", "redact", "relevance_verdicts",
+    "resolve_method",
     "repeated_line_fraction", "repeated_ngram_fraction", "rewrite", "run_decontaminate", "run_dedup",
     "run_near_dedup", "run_normalize", "run_pii", "run_quality", "run_relevance", "shingles", "sift", "signature",
     "view",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from typing import Literal
+from functools import lru_cache
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -65,13 +66,20 @@ def model_path(name: str) -> str:
     return name
 
 
+@lru_cache(maxsize=2)
+def _encoder(path: str):
+    """One loaded model per process: a Ray worker scores many batches with the model it loaded for the first."""
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(path, device="cpu")
+
+
 def embed_scores(texts: list[str], seeds: list[str], cfg: RelevanceFilter, env: Env) -> list[float]:
     import numpy as np
     import torch
-    from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(max(1, env.num_proc))
-    model = SentenceTransformer(model_path(cfg.model), device="cpu")
+    model = _encoder(model_path(cfg.model))
     seed_vecs = model.encode(seeds, batch_size=cfg.batch_size, normalize_embeddings=True, convert_to_numpy=True)
     scores: list[float] = []
     for start in range(0, len(texts), cfg.batch_size * 8):
@@ -88,14 +96,25 @@ is it its me my no not of on or our she so that the their them then there these 
 when which who will with would you your""".split())
 
 
-def lexical_scores(texts: list[str], seeds: list[str]) -> list[float]:
-    """TF-IDF cosine to the nearest seed: the fallback where no embedding model can be loaded."""
-    def tokens(t: str) -> list[str]:
-        return [w for w in WORD.findall(t.casefold()) if w not in STOPWORDS]
+def _tokens(text: str) -> list[str]:
+    return [w for w in WORD.findall(text.casefold()) if w not in STOPWORDS]
 
-    docs = [Counter(tokens(t)) for t in seeds + texts]
-    df = Counter(w for d in docs for w in d)
-    idf = {w: math.log((1 + len(docs)) / (1 + c)) + 1 for w, c in df.items()}
+
+def document_frequencies(texts: list[str]) -> Counter:
+    """In how many of `texts` each word occurs: summed over shards, it is the whole pile's (the Ray executor)."""
+    return Counter(w for t in texts for w in set(_tokens(t)))
+
+
+def lexical_scores(texts: list[str], seeds: list[str], df: Counter | None = None,
+                   n_docs: int | None = None) -> list[float]:
+    """TF-IDF cosine to the nearest seed: the fallback where no embedding model can be loaded.
+
+    IDF is over the seeds and every text scored; a caller that scores one shard at a time passes the whole
+    pile's `df` and `n_docs` (seeds included), so each record's score does not depend on its shard."""
+    docs = [Counter(_tokens(t)) for t in seeds + texts]
+    if df is None:
+        df, n_docs = Counter(w for d in docs for w in d), len(docs)
+    idf = {w: math.log((1 + n_docs) / (1 + c)) + 1 for w, c in df.items()}
 
     def vec(d: Counter) -> dict[str, float]:
         v = {w: (1 + math.log(c)) * idf[w] for w, c in d.items()}
@@ -110,29 +129,42 @@ def lexical_scores(texts: list[str], seeds: list[str]) -> list[float]:
     return out
 
 
-def run_relevance(cfg: RelevanceFilter, records: list[Record], env: Env) -> FilterResult:
-    seeds = load_seeds(cfg)
+def resolve_method(cfg: RelevanceFilter, env: Env) -> tuple[str, dict[str, Any]]:
+    """embedding or lexical, with the notes the report shows: auto falls back when the model cannot load,
+    embedding fails naming the recipe key."""
+    if cfg.method == "lexical":
+        return "lexical", {}
+    try:
+        _encoder(model_path(cfg.model))
+        return "embedding", {}
+    except Exception as err:  # a model that cannot load: auto falls back, embedding says why
+        if cfg.method == "embedding":
+            raise SlmkitError(f"curate.filters (relevance).model: cannot load '{cfg.model}': "
+                              f"{str(err).splitlines()[0][:300]}") from None
+        env.log(f"relevance: embedding model '{cfg.model}' unavailable ({type(err).__name__}); "
+                "using the lexical fallback")
+        return "lexical", {"fallback_reason": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+
+
+def relevance_verdicts(cfg: RelevanceFilter, records: list[Record], env: Env, seeds: list[str], method: str,
+                       df: Counter | None = None, n_docs: int | None = None) -> FilterResult:
+    """Score and sift `records` with a resolved method (and, for lexical on a shard, the pile's frequencies)."""
     texts = [view(r, cfg.part) for r in records]
-    method, threshold, notes = cfg.method, cfg.threshold, {}
-    if method in ("auto", "embedding"):
-        try:
-            scores = embed_scores(texts, seeds, cfg, env)
-            method = "embedding"
-        except Exception as err:  # a model that cannot load: auto falls back, embedding says why
-            if method == "embedding":
-                raise SlmkitError(f"curate.filters (relevance).model: cannot load '{cfg.model}': "
-                                  f"{str(err).splitlines()[0][:300]}") from None
-            env.log(f"relevance: embedding model '{cfg.model}' unavailable ({type(err).__name__}); "
-                    "using the lexical fallback")
-            notes["fallback_reason"] = f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-            method = "lexical"
-    if method == "lexical":
-        scores = lexical_scores(texts, seeds)
-        threshold = cfg.lexical_threshold
+    if method == "embedding":
+        scores, threshold = embed_scores(texts, seeds, cfg, env), cfg.threshold
+    else:
+        scores, threshold = lexical_scores(texts, seeds, df, n_docs), cfg.lexical_threshold
         env.advance(len(texts))
-    notes.update({"method": method, "threshold": threshold, "seeds": len(seeds)})
 
     def decide(rec: Record, s: float) -> Verdict:
         return None if s >= threshold else f"similarity to the nearest seed {s:.2f} < {threshold} ({method})"
 
-    return sift(records, scores, decide, notes=notes)
+    return sift(records, scores, decide, notes={"method": method, "threshold": threshold, "seeds": len(seeds)})
+
+
+def run_relevance(cfg: RelevanceFilter, records: list[Record], env: Env) -> FilterResult:
+    seeds = load_seeds(cfg)
+    method, notes = resolve_method(cfg, env)
+    res = relevance_verdicts(cfg, records, env, seeds, method)
+    res.notes = {**notes, **res.notes}
+    return res
