@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-slow demo reproduce agent bench bench-all bench-curate bench-distill bench-faults bench-finetune bench-serve bench-serve-concurrency bench-route bench-quantize bench-quant-mixture bench-prefill bench-quantize-reference lint clean
+.PHONY: setup test test-slow demo reproduce agent bench bench-all bench-curate bench-curate-ray bench-distill bench-faults bench-finetune bench-serve bench-serve-concurrency bench-route bench-quantize bench-quant-mixture bench-prefill bench-quantize-reference lint clean
 
 setup: $(STAMP)
 
@@ -66,6 +66,10 @@ bench-all: bench bench-curate bench-distill bench-finetune bench-quantize
 
 bench-curate: setup
 	$(BIN)/python scripts/bench_curate.py
+
+# curate on the local executor and on a local Ray cluster, same 1M-document pile (bench-results/curate_executors.json)
+bench-curate-ray: setup
+	$(BIN)/python scripts/bench_curate.py --docs $(or $(DOCS),1000000) --executor local --executor ray
 
 bench-distill: setup
 	$(BIN)/python scripts/bench_distill.py

@@ -15,6 +15,10 @@ Examples:
   slmkit curate -i docs/ --filter normalize --filter dedup --filter near_dedup --filter pii --out curated/
 
   slmkit curate --recipe demo
+
+  slmkit curate -i pile/ --out curated/ --executor ray                       # a local Ray cluster, all CPUs
+
+  slmkit curate -i pile/ --out curated/ --executor ray --set ray.address=auto   # the cluster `ray start` runs
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
     python scripts/bench_curate.py                 # 100,000 documents, 2 processes → bench-results/curate.json
     python scripts/bench_curate.py --docs 5000     # a quick look
+    python scripts/bench_curate.py --docs 1000000 --executor local --executor ray   # both executors, one pile
 
 The pile (seeded) holds:
 - distinct documents: free text drawn from a synthetic vocabulary, plus templated tickets that differ only in
@@ -145,7 +146,9 @@ def score(docs: list[dict], kept_ids: set[int]) -> dict:
 
 class MemorySampler:
     """Peak memory of this process and its workers while curate runs, sampled every 0.2 s as PSS
-    (proportional set size), so pages that forked workers share with the parent are counted once."""
+    (proportional set size), so pages that forked workers share with the parent, or that Ray's workers map
+    from its shared-memory object store, are counted once. Also each process's own peak: a Ray cluster
+    started by the run is this process's children too (its GCS and raylet, whose children are the workers)."""
 
     def __init__(self) -> None:
         import threading
@@ -154,6 +157,7 @@ class MemorySampler:
 
         self.proc = psutil.Process()
         self.peak = 0
+        self.per_process: dict[int, tuple[str, int]] = {}  # pid -> (name, peak PSS)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -163,10 +167,32 @@ class MemorySampler:
         except Exception:  # a worker that exits between listing and reading
             return 0
 
+    def _name(self, p) -> str:
+        try:
+            return p.name()
+        except Exception:
+            return "?"
+
     def _run(self) -> None:
         while not self.stop.wait(0.2):
-            total = self._pss(self.proc) + sum(self._pss(c) for c in self.proc.children(recursive=True))
+            total = 0
+            for p in [self.proc, *self.proc.children(recursive=True)]:
+                pss = self._pss(p)
+                total += pss
+                name, peak = self.per_process.get(p.pid, (self._name(p), 0))
+                self.per_process[p.pid] = (name, max(peak, pss))
             self.peak = max(self.peak, total)
+
+    def workers(self) -> dict:
+        """Peak PSS of the busiest worker (forked pool or Ray worker), and how many there were."""
+        own = self.proc.pid
+        peaks = [(name, peak) for pid, (name, peak) in self.per_process.items() if pid != own]
+        workers = [peak for name, peak in peaks if name.startswith(("ray::", "python"))]
+        system = [peak for name, peak in peaks if not name.startswith(("ray::", "python"))]
+        return {"driver_peak_pss_mb": round(self.per_process.get(own, ("", 0))[1] / 2**20, 1),
+                "workers_seen": len(workers),
+                "worker_peak_pss_mb": round(max(workers, default=0) / 2**20, 1),
+                "other_processes_peak_pss_mb": round(sum(system) / 2**20, 1)}
 
     def __enter__(self) -> MemorySampler:
         self.thread.start()
@@ -184,54 +210,77 @@ def peak_rss_mb() -> dict:
             "worker_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
 
 
+def run_one(executor: str, raw: Path, out: Path, truth: list[dict], args: argparse.Namespace, console) -> dict:
+    from slmkit.pipelines.core.runner import run_standalone
+    from slmkit.pipelines.curate import CurateConfig
+
+    config = CurateConfig.model_validate(
+        {"input": [str(raw)], "num_proc": args.num_proc, "split": {"eval_fraction": 0}, "executor": executor,
+         "ray": {"num_cpus": args.num_proc},
+         "filters": [{"type": "normalize"}, {"type": "dedup"}, {"type": "near_dedup"}, {"type": "quality"}]})
+    gc.collect()
+    with MemorySampler() as memory:
+        start = time.perf_counter()
+        result = run_standalone("curate", config, out, console=console, force=True)
+        seconds = time.perf_counter() - start
+    train = result.output("train").read_bytes()
+    kept = {json.loads(line)["id"] for line in train.splitlines()}
+    report = json.loads(result.output("report").read_text())
+    figures = score(truth, kept)
+    figures.update({"executor": executor, "documents": args.docs, "seconds": round(seconds, 2),
+                    "docs_per_second": round(args.docs / seconds, 1),
+                    "curate_peak_pss_mb": round(memory.peak / 2**20, 1), **memory.workers(),
+                    "removed_by_filter": {r["filter"]: r["removed"] for r in report["filters"]},
+                    "train_sha256": __import__("hashlib").sha256(train).hexdigest()})
+    if executor == "local":
+        figures.update(peak_rss_mb())
+    return figures, config
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--docs", type=int, default=100_000)
-    ap.add_argument("--num-proc", type=int, default=2)
+    ap.add_argument("--num-proc", type=int, default=2, help="local worker processes; CPUs of the Ray cluster")
+    ap.add_argument("--executor", action="append", choices=["local", "ray"],
+                    help="run on this executor (repeat for both, same pile); default: local")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", type=Path, default=Path("bench-results/curate.json"))
+    ap.add_argument("--out", type=Path, default=None,
+                    help="default: bench-results/curate.json (one executor) or curate_executors.json")
     args = ap.parse_args()
+    executors = args.executor or ["local"]
+    args.out = args.out or Path("bench-results/curate.json" if len(executors) == 1 else
+                                "bench-results/curate_executors.json")
 
     from rich.console import Console
-
-    from slmkit.pipelines.core.runner import run_standalone
-    from slmkit.pipelines.curate import CurateConfig
 
     console = Console(stderr=True)
     load_before = [round(x, 2) for x in os.getloadavg()]
     docs = generate(args.docs, args.seed)
+    runs = {}
     with tempfile.TemporaryDirectory(prefix="bench-curate-") as tmp:
         raw = Path(tmp) / "raw.jsonl"
         with raw.open("w") as fh:
             for d in docs:
                 fh.write(json.dumps({"id": d["id"], "text": d["text"]}) + "\n")
-        config = CurateConfig.model_validate(
-            {"input": [str(raw)], "num_proc": args.num_proc, "split": {"eval_fraction": 0},
-             "filters": [{"type": "normalize"}, {"type": "dedup"}, {"type": "near_dedup"}, {"type": "quality"}]})
         truth = [{"id": d["id"], "group": d["group"], "kind": d["kind"]} for d in docs]
         del docs  # the texts now live in the file; keep only the ground truth in memory
-        gc.collect()
-        with MemorySampler() as memory:
-            start = time.perf_counter()
-            result = run_standalone("curate", config, Path(tmp) / "out", console=console, force=True)
-            seconds = time.perf_counter() - start
-        kept = {json.loads(line)["id"] for line in result.output("train").read_text().splitlines()}
-        report = json.loads(result.output("report").read_text())
-    figures = score(truth, kept)
-    figures.update({"documents": args.docs, "seconds": round(seconds, 2),
-                    "docs_per_second": round(args.docs / seconds, 1),
-                    "curate_peak_pss_mb": round(memory.peak / 2**20, 1), **peak_rss_mb(),
-                    "removed_by_filter": {r["filter"]: r["removed"] for r in report["filters"]}})
+        for executor in executors:
+            runs[executor], config = run_one(executor, raw, Path(tmp) / executor, truth, args, console)
     targets = {"docs_per_second": ">= 2000", "near_recall": ">= 0.95", "distinct_removed_fraction": "<= 0.01"}
-    passed = {"docs_per_second": figures["docs_per_second"] >= 2000, "near_recall": figures["near_recall"] >= 0.95,
-              "distinct_removed_fraction": figures["distinct_removed_fraction"] <= 0.01}
-    out = {"bench": "curate", "figures": figures, "targets": targets, "passed": passed,
+    passed = {name: {"docs_per_second": f["docs_per_second"] >= 2000, "near_recall": f["near_recall"] >= 0.95,
+                     "distinct_removed_fraction": f["distinct_removed_fraction"] <= 0.01} for name, f in runs.items()}
+    out = {"bench": "curate", "targets": targets,
            "config": {"num_proc": args.num_proc, "seed": args.seed,
                       "filters": [f.model_dump(exclude={"boilerplate"}) for f in config.filters]},
            # the machine is shared: the load average says how much of the 2 cores the run really had
            "host": {"python": sys.version.split()[0], "machine": platform.machine(), "cpus": _cpus(),
                     "load_average_before": load_before, "load_average_after": [round(x, 2) for x in os.getloadavg()]},
            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if len(runs) == 1:
+        out.update(figures=runs[executors[0]], passed=passed[executors[0]])
+    else:
+        same = len({f["train_sha256"] for f in runs.values()}) == 1
+        out.update(runs=runs, passed=passed, same_train_jsonl=same)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     console.print_json(data=out)

@@ -34,6 +34,15 @@ class SplitConfig(StrictModel):
     seed: int | None = Field(None, description="shuffle seed; default: the recipe's seed")
 
 
+class RayConfig(StrictModel):
+    address: str | None = Field(None, description="None: start a local cluster for the run; 'auto': join the "
+                                                  "running one (ray start); or ray://host:10001")
+    num_cpus: int | None = Field(None, ge=1, description="CPUs of the local cluster this run starts (default: all)")
+    batch_size: int = Field(4096, ge=16, description="records per map task")
+    partitions: int | None = Field(None, ge=1, description="hash partitions of each group-by and join "
+                                                           "(default: 2 per CPU of the cluster)")
+
+
 class CurateConfig(StrictModel):
     input: InputPaths = Field(default_factory=list, description="raw data files or folders")
     hf_dataset: str | None = Field(None, description="a Hugging Face dataset id to read as well (needs the hub)")
@@ -51,7 +60,10 @@ class CurateConfig(StrictModel):
     split: SplitConfig = Field(default_factory=SplitConfig)
     on_error: Literal["skip", "fail"] = Field("skip", description="an unreadable record: skip it (counted in the "
                                                                    "report) or fail naming its file and line")
-    num_proc: int = Field(2, ge=1, le=64, description="worker processes for the filters")
+    num_proc: int = Field(2, ge=1, le=64, description="worker processes for the filters (local executor)")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="local: this process and num_proc forked workers; ray: a Ray cluster (curate.ray)")
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
     def _checks(self) -> CurateConfig:
@@ -74,6 +86,53 @@ def split(records: list[dict[str, Any]], cfg: SplitConfig, seed: int) -> tuple[l
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
+def filter_row(position: int, fcfg: Any, n_in: int, kept: int, removed: int, modified: int,
+               notes: dict[str, Any], examples: list[dict[str, str]]) -> dict[str, Any]:
+    """One filter's line of curate.json, whichever executor ran it."""
+    if kept + removed != n_in:
+        raise AssertionError(f"filter {label(fcfg)} lost records")  # a bug, not a user error
+    if not kept:
+        why = examples[0]["reason"] if examples else ""
+        raise SlmkitError(f"curate: filter {position} '{label(fcfg)}' removed all {n_in} remaining records "
+                          f"(first: {why}); loosen its options in curate.filters")
+    return {"position": position, "filter": label(fcfg), "type": fcfg.type, "in": n_in, "kept": kept,
+            "removed": removed, "modified": modified, **({"notes": notes} if notes else {}), "examples": examples}
+
+
+def example(rec: dict[str, Any], why: str) -> dict[str, str]:
+    return {"where": rec["_where"], "reason": why, "text": clip(record_text(rec))}
+
+
+def local_chain(config: CurateConfig, records: list[dict[str, Any]], evals: list, console: Any
+                ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The filters in this process (and its forked workers): the default executor."""
+    rows: list[dict[str, Any]] = []
+    with LoggedProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=console, transient=True) as progress:
+        for position, fcfg in enumerate(chain(config), 1):
+            task = progress.add_task(f"{position}. {label(fcfg)}", total=len(records))
+            env = Env(num_proc=config.num_proc, eval_items=evals,
+                      advance=lambda n, task=task: progress.advance(task, n), log=console.print)
+            result = FILTERS[fcfg.type](fcfg, records, env)
+            rows.append(filter_row(position, fcfg, len(records), len(result.kept), len(result.removed),
+                                   result.modified, result.notes,
+                                   [example(r, why) for r, why in result.removed[:EXAMPLES_PER_FILTER]]))
+            progress.remove_task(task)
+            records = result.kept
+    return records, rows
+
+
+def _ray_chain(config: CurateConfig, records: list[dict[str, Any]], evals: list, console: Any
+               ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    from slmkit.pipelines.curate.ray_chain import ray_chain  # imports ray: only when asked for
+
+    return ray_chain(config, records, evals, console)
+
+
+# curate.executor -> the function that runs the filter chain; both return (kept records in order, report rows)
+CHAINS = {"local": local_chain, "ray": _ray_chain}
+
+
 def curate(config: CurateConfig, console: Any, seed: int = 0) -> dict[str, Any]:
     """Read and filter; returns {train, eval, report}. The stage's run writes them; tests call this directly."""
     sources: list[Any] = list(config.input)
@@ -92,28 +151,7 @@ def curate(config: CurateConfig, console: Any, seed: int = 0) -> dict[str, Any]:
         raise SlmkitError(f"curate.input: no usable records in {', '.join(map(str, sources)) or config.hf_dataset} "
                           f"({stats.malformed} malformed)")
     evals = eval_texts(list(config.eval), config.on_error) if config.eval else []
-    rows: list[dict[str, Any]] = []
-    with LoggedProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=True) as progress:
-        for position, fcfg in enumerate(chain(config), 1):
-            name = label(fcfg)
-            task = progress.add_task(f"{position}. {name}", total=len(records))
-            env = Env(num_proc=config.num_proc, eval_items=evals,
-                      advance=lambda n, task=task: progress.advance(task, n), log=console.print)
-            result = FILTERS[fcfg.type](fcfg, records, env)
-            if len(result.kept) + len(result.removed) != len(records):
-                raise AssertionError(f"filter {name} lost records")  # a bug, not a user error
-            rows.append({"position": position, "filter": name, "type": fcfg.type,
-                         "in": len(records), "kept": len(result.kept), "removed": len(result.removed),
-                         "modified": result.modified, **({"notes": result.notes} if result.notes else {}),
-                         "examples": [{"where": r["_where"], "reason": why, "text": clip(record_text(r))}
-                                      for r, why in result.removed[:EXAMPLES_PER_FILTER]]})
-            progress.remove_task(task)
-            if not result.kept:
-                why = result.removed[0][1] if result.removed else ""
-                raise SlmkitError(f"curate: filter {position} '{name}' removed all {len(records)} remaining records "
-                                  f"(first: {why}); loosen its options in curate.filters")
-            records = result.kept
+    records, rows = CHAINS[config.executor](config, records, evals, console)
     train, held = split(records, config.split, config.split.seed if config.split.seed is not None else seed)
     report = {
         "read": stats.read, "malformed_skipped": stats.malformed, "malformed_examples": stats.examples,
