@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-slow demo reproduce agent bench bench-all bench-curate bench-curate-ray bench-distill bench-faults bench-finetune bench-serve bench-serve-concurrency bench-route bench-quantize bench-quant-mixture bench-prefill bench-quantize-reference lint clean
+.PHONY: setup test test-slow demo reproduce agent bench bench-all bench-curate bench-curate-ray bench-distill bench-faults bench-finetune bench-finetune-memory bench-serve bench-serve-concurrency bench-route bench-quantize bench-quant-mixture bench-prefill bench-quantize-reference lint clean
 
 setup: $(STAMP)
 
@@ -70,6 +70,11 @@ bench-curate: setup
 # curate on the local executor and on a local Ray cluster, same 1M-document pile (bench-results/curate_executors.json)
 bench-curate-ray: setup
 	$(BIN)/python scripts/bench_curate.py --docs $(or $(DOCS),1000000) --executor local --executor ray
+
+# finetune's memory budget: measured peak of every micro-batch / checkpointing plan against its estimate, and
+# a budgeted run's loss curve against the unbudgeted one (bench-results/finetune_memory.json)
+bench-finetune-memory: setup
+	$(BIN)/python scripts/bench_finetune_memory.py
 
 bench-distill: setup
 	$(BIN)/python scripts/bench_distill.py

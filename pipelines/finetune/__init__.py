@@ -14,7 +14,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -68,7 +68,13 @@ class FinetuneConfig(StrictModel):
                                                         "'chatml', 'gemma' or a Jinja string")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype of the base weights "
                                                                               "while training (lora)")
-    gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, slower")
+    gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, slower "
+                                                           "(memory_budget turns it on when needed)")
+    memory_budget: str | float | None = Field(
+        "auto", description="peak memory per machine: '2.5GB', '900MB', 'auto' (half of what is available when "
+                            "the stage starts) or null; the stage estimates the peak and, to stay under it, "
+                            "trains in micro-batches with more accumulation (same effective batch and loss), "
+                            "then with gradient checkpointing")
     target_logits_only: bool = Field(True, description="compute logits only where there is a target token "
                                                         "(needs a model that takes `logits_to_keep`)")
     seed: int | None = Field(None, description="default: the recipe's seed")
@@ -252,11 +258,12 @@ def train(config: FinetuneConfig, ctx: StageContext, callbacks=()) -> Outcome:
     has_eval = bool(eval_rows)
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
     max_steps, warmup = _warmup_steps(config, len(train_rows), world)
+    plan = _memory_plan(config, path, train_rows, ctx.console)
     args = TrainingArguments(
         output_dir=str(ckpt_dir), seed=seed, data_seed=seed, learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler, warmup_steps=warmup, weight_decay=config.weight_decay,
-        max_grad_norm=config.max_grad_norm, per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
+        max_grad_norm=config.max_grad_norm, per_device_train_batch_size=plan.micro_batch,
+        per_device_eval_batch_size=plan.micro_batch, gradient_accumulation_steps=plan.grad_accum,
         max_steps=max_steps, num_train_epochs=config.epochs, logging_steps=1, save_strategy="steps",
         save_steps=config.save_every, save_total_limit=2, eval_strategy="steps" if has_eval else "no",
         eval_steps=config.save_every if has_eval else None,
@@ -270,7 +277,7 @@ def train(config: FinetuneConfig, ctx: StageContext, callbacks=()) -> Outcome:
         ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None,
     )
     torch.manual_seed(seed)  # LoRA's A matrices are drawn at wrap time: same seed, same start
-    model = sft_trainer.load_base(path, config.method, config.dtype, config.gradient_checkpointing)
+    model = sft_trainer.load_base(path, config.method, config.dtype, plan.checkpointing)
     model = sft_trainer.add_lora(model, config.lora.r, config.lora.alpha, config.lora.dropout,
                                  config.lora.target_modules)
     metrics_path = ctx.state / "metrics.jsonl"
@@ -312,8 +319,46 @@ def train(config: FinetuneConfig, ctx: StageContext, callbacks=()) -> Outcome:
         "truncated": data_info["train"]["truncated"], "dropped_too_long": data_info["train"]["dropped_too_long"],
         "dropped_no_target": data_info["train"]["dropped_no_target"], "eval_examples": data_info["eval"]["examples"],
         "method": config.method, "pack_length": data_info["pack_length"] if config.packing else None,
+        "memory_estimate": plan.as_dict(), "peak_rss_mb": _peak_rss_mb(),
     }
     return Outcome(outputs={"adapter": "adapter", "metrics": "metrics.jsonl"}, metrics=metrics)
+
+
+def _memory_plan(config: FinetuneConfig, path: str, train_rows: list, console: Any):
+    """The micro-batch, accumulation and checkpointing this process trains with, chosen under the budget."""
+    from transformers import AutoConfig
+
+    from slmkit.pipelines.finetune import memory
+
+    shape = memory.Shape.of(AutoConfig.from_pretrained(path))
+    row_tokens, row_targets = memory.row_extent(train_rows)
+    budget = memory.budget_mb(config.memory_budget, config.processes)
+    candidates = memory.plans(shape, batch_size=config.batch_size, grad_accum=config.grad_accum,
+                              checkpointing=config.gradient_checkpointing, method=config.method,
+                              dtype=config.dtype, row_tokens=row_tokens, row_targets=row_targets,
+                              lora_r=config.lora.r)
+    plan, fits = memory.choose(candidates, budget)
+    how = (f"micro-batch {plan.micro_batch} × {plan.grad_accum} accumulated (effective {config.batch_size * config.grad_accum})"
+           f"{', gradient checkpointing' if plan.checkpointing else ''}")
+    if budget is None:
+        console.print(f"finetune: estimated peak {plan.line()}; {how}")
+    elif fits:
+        console.print(f"finetune: estimated peak {plan.line()}, budget {budget / 1000:.2f} GB: {how}")
+    else:
+        console.print(f"[yellow]finetune: the smallest plan ({how}) is estimated at {plan.line()}, over the "
+                      f"budget of {budget / 1000:.2f} GB (finetune.memory_budget); training anyway[/]")
+    return plan
+
+
+def _peak_rss_mb() -> float | None:
+    """This process's peak resident memory (VmHWM), in MB; in `slmkit run` it covers the stages before too."""
+    try:
+        for line in open("/proc/self/status", encoding="ascii"):
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) * 1024 / 1e6, 1)
+    except OSError:
+        pass
+    return None
 
 
 def run(config: FinetuneConfig, ctx: StageContext) -> Outcome:
