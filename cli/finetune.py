@@ -8,6 +8,8 @@ Examples:
 
   slmkit finetune --model smollm2-135m-instruct --data train.jsonl --out adapter/ --processes 2
 
+  slmkit finetune --model smollm2-135m-instruct --data train.jsonl --out adapter/ --memory-budget 2.5GB
+
   slmkit finetune --model smollm2-135m-instruct --data train.jsonl --out adapter/ --set finetune.lora.alpha=64
 
   slmkit finetune --recipe demo --set finetune.learning_rate=1e-4
