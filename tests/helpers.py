@@ -75,7 +75,7 @@ class ScriptEndpoint:
     is `(status, headers, body)`, `("sse", [event, ...])` (each event a JSON-able object, or the raw text after
     `data: `), or `("hangup",)` (the connection closed unanswered)."""
 
-    def __init__(self, script):
+    def __init__(self, script, port: int = 0):
         import json
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -118,14 +118,17 @@ class ScriptEndpoint:
                 self.end_headers()
                 self.wfile.write(raw)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
         self.port = self.server.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
-    def __enter__(self):
+    def start(self) -> ScriptEndpoint:
         self._thread.start()
         return self
+
+    def __enter__(self):
+        return self.start()
 
     def __exit__(self, *exc):
         self.server.shutdown()

@@ -7,11 +7,10 @@ import json
 import threading
 import time
 from collections import Counter
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from helpers import distill_ctx
+from helpers import ScriptEndpoint, distill_ctx
 from pydantic import ValidationError
 
 from slmkit.pipelines import distill
@@ -23,55 +22,38 @@ from slmkit.pipelines.distill.teachers import TeacherConfig
 
 class FakeEndpoint:
     """Answers each chat request with a text naming its prompt; counts answers per prompt and the most requests
-    in flight at once. `die_after` answers, it hangs up on what it holds and refuses connections from then on."""
+    in flight at once. `die_after` answers, it hangs up on what it holds and refuses connections from then on.
+    The HTTP side is helpers.ScriptEndpoint with this object's `reply` as its script."""
 
     def __init__(self, die_after: int | None = None, port: int = 0):
         self.answered: Counter = Counter()
         self.in_flight = self.peak = 0
         self.die_after, self.dead, self.lock = die_after, False, threading.Lock()
         self.closed = threading.Event()  # set once the port is released (kill() closes in the background)
-        endpoint = self
+        self.http = ScriptEndpoint(self.reply, port=port).start()
+        self.server, self.url = self.http.server, self.http.url
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                self.close_connection = True
-                if endpoint.enter():
-                    time.sleep(0.02)  # so that requests overlap and the cap is tested
-                    endpoint.answer(self, body["messages"][-1]["content"])
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def enter(self) -> bool:
-        with self.lock:
-            if self.dead:
-                return False  # hang up: a connection-type failure at the client
-            self.in_flight += 1
-            self.peak = max(self.peak, self.in_flight)
-            return True
-
-    def answer(self, handler: BaseHTTPRequestHandler, prompt: str) -> None:
+    def reply(self, body: dict) -> tuple:
+        if not self.enter():
+            return ("hangup",)  # a connection-type failure at the client
+        time.sleep(0.02)  # so that requests overlap and the cap is tested
+        prompt = body["messages"][-1]["content"]
         with self.lock:
             self.in_flight -= 1
             if self.die_after is not None and sum(self.answered.values()) >= self.die_after:
                 self.kill()
-                return
+                return ("hangup",)
             self.answered[prompt] += 1
-        raw = json.dumps({"choices": [{"message": {"content": f"answer to {prompt}"}, "finish_reason": "stop"}],
-                          "usage": {"prompt_tokens": 3, "completion_tokens": 4}}).encode()
-        handler.send_response(200)
-        handler.send_header("Content-Type", "application/json")
-        handler.send_header("Content-Length", str(len(raw)))
-        handler.send_header("Connection", "close")
-        handler.end_headers()
-        handler.wfile.write(raw)
+        return (200, {}, {"choices": [{"message": {"content": f"answer to {prompt}"}, "finish_reason": "stop"}],
+                          "usage": {"prompt_tokens": 3, "completion_tokens": 4}})
+
+    def enter(self) -> bool:
+        with self.lock:
+            if self.dead:
+                return False
+            self.in_flight += 1
+            self.peak = max(self.peak, self.in_flight)
+            return True
 
     def kill(self) -> None:
         self.dead = True
