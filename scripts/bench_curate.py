@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import hashlib
 import json
 import os
 import platform
@@ -231,7 +232,7 @@ def run_one(executor: str, raw: Path, out: Path, truth: list[dict], args: argpar
                     "docs_per_second": round(args.docs / seconds, 1),
                     "curate_peak_pss_mb": round(memory.peak / 2**20, 1), **memory.workers(),
                     "removed_by_filter": {r["filter"]: r["removed"] for r in report["filters"]},
-                    "train_sha256": __import__("hashlib").sha256(train).hexdigest()})
+                    "train_sha256": hashlib.sha256(train).hexdigest()})
     if executor == "local":
         figures.update(peak_rss_mb())
     return figures, config

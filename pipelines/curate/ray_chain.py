@@ -109,9 +109,11 @@ def _tagged(batch: dict[str, Any], recs: list[bytes], drop: list[str | None]) ->
 def _map_batch(batch: dict[str, Any], fn: Any, cfg: Any, evals: list, kwargs: dict[str, Any]) -> dict[str, Any]:
     recs = _records(batch)
     res = fn(cfg, recs, Env(num_proc=1, eval_items=evals), **kwargs)
-    if len(res.kept) == len(recs) and not res.removed:  # a rewrite (normalize, pii) or nothing removed
+    if res.modified:  # a rewrite (normalize, pii) changed some text: new records, one per input, none removed
+        if len(res.kept) != len(recs):
+            raise AssertionError(f"filter {label(cfg)} rewrote and removed records")  # a bug, not a user error
         out = _tagged(batch, [pickle.dumps(r, protocol=5) for r in res.kept], [None] * len(recs))
-    else:  # sift keeps and removes the very record objects it was given
+    else:  # nothing rewritten: the rows' own bytes; sift keeps and removes the very objects it was given
         why = {id(r): reason for r, reason in res.removed}
         out = _tagged(batch, list(batch["rec"]), [why.get(id(r)) for r in recs])
     if len(recs):
