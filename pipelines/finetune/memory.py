@@ -19,12 +19,12 @@ every plan against its estimate, so a drift shows up as a number, not a surprise
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from slmkit.pipelines.core.errors import SlmkitError
+from slmkit.pipelines.finetune.sft_data import IGNORE
 
 MB = 1_000_000
 BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -179,5 +179,5 @@ def budget_mb(spec: str | float | None, processes: int = 1) -> float | None:
 def row_extent(rows: list[list[Any]]) -> tuple[int, int]:
     """(tokens of the longest row, most scored targets in a row) over packed training rows."""
     tokens = max((sum(len(e.input_ids) for e in row) for row in rows), default=1)
-    targets = max((sum(sum(1 for t in e.labels if t != -100) for e in row) for row in rows), default=1)
-    return tokens, max(1, math.ceil(targets))
+    targets = max((sum(sum(1 for t in e.labels if t != IGNORE) for e in row) for row in rows), default=1)
+    return tokens, max(1, targets)
