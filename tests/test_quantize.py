@@ -185,3 +185,48 @@ def test_retention_figures_do_not_depend_on_the_row_block(monkeypatch):
     assert a["tokens"] == b["tokens"] == 299 and a["kld_mean"] > 0.01  # a real drift, not two equal models
     assert (a["kld_mean"], a["kld_p99"], a["top1_agreement"]) == (b["kld_mean"], b["kld_p99"], b["top1_agreement"])
     assert a["ppl_ratio"] == pytest.approx(b["ppl_ratio"], rel=1e-12)
+
+
+def test_retention_frees_the_hf_model_before_the_quantised_files_open(model256, tmp_path, monkeypatch):
+    """The fp32 HF model is the biggest thing the check holds: it is closed before any quantised file opens, and
+    the figures equal those of one pass holding every scorer at once."""
+    events: list[str] = []
+
+    class Logged:
+        def __init__(self, inner, name):
+            self.inner, self.name = inner, name
+            events.append(f"open {name}")
+
+        def logits(self, ids):
+            return self.inner.logits(ids)
+
+        def close(self):
+            events.append(f"close {self.name}")
+            self.inner.close()
+
+    real_hf, real_gguf = retention.HFScorer, retention.GGUFScorer
+    monkeypatch.setattr(retention, "HFScorer", lambda d: Logged(real_hf(d), "hf"))
+    monkeypatch.setattr(retention, "GGUFScorer", lambda p, n, t=None: Logged(real_gguf(p, n, t), Path(p).name))
+    out = tmp_path / "out"
+    run_standalone("quantize", _config(model256, qtypes=["Q4_K_M", "Q8_0"], retention=False), out)
+    config = _config(model256, qtypes=["Q4_K_M", "Q8_0"])
+    from rich.progress import Progress
+
+    with Progress(disable=True) as progress:
+        got = quantize._retention(model256, out, "model-f16.gguf", config, quantize.HELDOUT_SAMPLE, progress)
+    first_quantised = min(events.index(f"open model-{q}.gguf") for q in ("Q4_K_M", "Q8_0"))
+    assert events.index("close hf") < first_quantised
+    assert all(events.count(f"open {n}") == events.count(f"close {n}") for n in ("hf", "model-f16.gguf"))
+
+    chunks = retention.token_chunks(model256, quantize.read_text(quantize.HELDOUT_SAMPLE), config.eval_tokens,
+                                    config.chunk)
+    n_ctx = max(len(c) for c in chunks)
+    scorers = {"hf": real_hf(model256), "f16": real_gguf(out / "model-f16.gguf", n_ctx, 1),
+               **{q: real_gguf(out / f"model-{q}.gguf", n_ctx, 1) for q in ("Q4_K_M", "Q8_0")}}
+    try:
+        once = retention.compare(chunks, scorers, {"f16_vs_hf": ("hf", "f16"), "Q4_K_M_vs_f16": ("f16", "Q4_K_M"),
+                                                   "Q8_0_vs_f16": ("f16", "Q8_0")})
+    finally:
+        for s in scorers.values():
+            s.close()
+    assert {k: got[k] for k in once} == once and once["Q4_K_M_vs_f16"]["kld_mean"] > 0

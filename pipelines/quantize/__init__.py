@@ -183,17 +183,25 @@ def _retention(model_dir: Path, out: Path, base_name: str, config: QuantizeConfi
     if not chunks:
         raise SlmkitError(f"{heldout}: no held-out text to measure retention on")
     n_ctx = max(len(c) for c in chunks)
-    scorers = {"hf": retention.HFScorer(model_dir),
-               config.outtype: retention.GGUFScorer(out / base_name, n_ctx, config.threads)}
-    pairs = {f"{config.outtype}_vs_hf": ("hf", config.outtype)}
-    for q in config.qtypes:
-        scorers[q] = retention.GGUFScorer(out / f"model-{q}.gguf", n_ctx, config.threads)
-        pairs[f"{q}_vs_{config.outtype}"] = (config.outtype, q)
-    try:
-        figures = retention.compare(chunks, scorers, pairs, _step(progress, "retention"))
-    finally:
-        for s in scorers.values():
-            s.close()
+    base = out / base_name
+    # Two passes, so the fp32 HF model (2× the F16 file, plus torch's runtime) is gone before the quantised files
+    # load: the exported file against HF, then each quantised file against the exported one. The exported file
+    # is scored twice; at a few thousand held-out tokens that costs seconds, where holding all at once cost the
+    # demo's run its peak memory.
+    passes = [
+        ({"hf": lambda: retention.HFScorer(model_dir),
+          config.outtype: lambda: retention.GGUFScorer(base, n_ctx, config.threads)},
+         {f"{config.outtype}_vs_hf": ("hf", config.outtype)}),
+        ({config.outtype: lambda: retention.GGUFScorer(base, n_ctx, config.threads),
+          **{q: (lambda q=q: retention.GGUFScorer(out / f"model-{q}.gguf", n_ctx, config.threads))
+             for q in config.qtypes}},
+         {f"{q}_vs_{config.outtype}": (config.outtype, q) for q in config.qtypes}),
+    ]
+    figures: dict = {}
+    for i, (openers, pairs) in enumerate(passes, 1):
+        if pairs:
+            figures.update(retention.compare_opened(chunks, openers, pairs,
+                                                    _step(progress, f"retention {i}/{len(passes)}")))
     return {"heldout": str(heldout), **figures}
 
 

@@ -115,3 +115,22 @@ def compare(chunks: list[list[int]], scorers: dict[str, object], pairs: dict[str
         if progress:
             progress(i + 1, len(chunks))
     return {label: t.summary() for label, t in tallies.items()}
+
+
+def compare_opened(chunks: list[list[int]], openers: dict[str, Callable[[], object]],
+                   pairs: dict[str, tuple[str, str]], progress: Callable[[int, int], None] | None = None
+                   ) -> dict[str, dict]:
+    """`compare` over scorers opened here from `openers` (name → factory) and closed, all of them, before it
+    returns, whether it finishes or fails; the caller holds no scorer between passes."""
+    import gc
+
+    scorers: dict[str, object] = {}
+    try:
+        for name, open_scorer in openers.items():
+            scorers[name] = open_scorer()
+        return compare(chunks, scorers, pairs, progress)
+    finally:
+        for s in scorers.values():
+            s.close()
+        scorers.clear()
+        gc.collect()  # the HF model's module tree holds reference cycles; free its weights now, not later
