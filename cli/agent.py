@@ -15,6 +15,9 @@ Examples:
 
   slmkit agent --recipe demo                      # the recipe's agent section, in its run directory
 
+  slmkit agent --write-reported reported.json --results runs/demo/08_agent/agent.json
+  slmkit agent --check reported.json --results runs/demo/08_agent/agent.json   # exit 1 on a miss
+
 BFCL's items are read from the bfcl-eval package's data files (pip install --no-deps bfcl-eval; make setup).
 Without --out, results go to runs/agent/<workflow name>.
 """
@@ -26,7 +29,7 @@ from pathlib import Path
 import typer
 
 from slmkit.cli.bench import _targets
-from slmkit.cli.common import Flags, run_stage_verb
+from slmkit.cli.common import Flags, console, run_stage_verb
 from slmkit.cli.config_flags import Flag, stage_options
 
 NAME = "agent"
@@ -38,7 +41,7 @@ FLAGS = {
                          "'{kind: openai, …, api_key_env: VAR}' (as bench's)"),
     # typer takes no list of Literal: the words pass as text, and the config's Literal checks them.
     "modes": Flag("--mode", "-m", type=list[str], help="lm or code; repeat for both (default: both)"),
-    "bfcl.subsets": Flag("--bfcl", type=list[str], help="a BFCL subset to run too (simple, multiple, "
+    "bfcl.subsets": Flag("--bfcl", type=list[str], help="a BFCL subset to run too (simple, multiple, multi_turn, "
                                                          "irrelevance); repeat"),
     "bfcl.limit": Flag("--bfcl-limit", help="the first N items of each BFCL subset"),
 }
@@ -48,7 +51,25 @@ FLAGS = {
 def command(
     flags: Flags, out: Path | None, sets: list[str] | None, recipe: str | None, runs_dir: Path, force: bool,
     workflow_file: Path = typer.Argument(None, metavar="WORKFLOW", help="workflow YAML (tools, tasks, controller)"),
+    check: Path = typer.Option(None, "--check", help="compare --results with this reported-figures JSON; exit 1 "
+                                                     "on a miss"),
+    results: Path = typer.Option(None, "--results", help="an existing agent.json to check or report from"),
+    write_reported: Path = typer.Option(None, "--write-reported", help="write every row's rates (with default "
+                                                                        "tolerances) from --results here"),
 ) -> None:
+    from slmkit.pipelines.agent import check as agent_check
+    from slmkit.pipelines.core.errors import SlmkitError
+
+    if write_reported or check:
+        if not results:
+            raise SlmkitError("slmkit agent: --check and --write-reported need --results AGENT_JSON")
+        if write_reported:
+            agent_check.write_reported(results, write_reported, console)
+        else:
+            agent_check.run_check(check, results, console)
+        return
+    if results:
+        raise SlmkitError("slmkit agent: --results goes with --check or --write-reported")
     if workflow_file is not None:
         flags = Flags({**flags.values, "workflow": str(workflow_file)}, flags.names)
     if out is None and not recipe:

@@ -32,9 +32,10 @@ Mode = Literal["lm", "code"]
 
 
 class BfclConfig(StrictModel):
-    subsets: list[Literal["simple", "multiple", "irrelevance"]] = Field(
+    subsets: list[Literal["simple", "multiple", "irrelevance", "multi_turn"]] = Field(
         default_factory=lambda: ["simple", "multiple", "irrelevance"], min_length=1,
-        description="BFCL subsets read from the bfcl-eval package's data files")
+        description="BFCL subsets read from the bfcl-eval package's data files; multi_turn is BFCL's "
+                    "multi-turn base set, scored by state (lm mode only)")
     limit: int | None = Field(20, gt=0, description="the first N items of each subset (null: all)")
 
 
@@ -123,8 +124,24 @@ def _bfcl_suites(config: AgentConfig) -> list[Suite]:
                 **_trace_fields(trace)}
 
     root = bfcl.data_dir()
-    return [Suite(f"bfcl:{s}", f"bfcl-eval {root}/BFCL_v4_{bfcl.SUBSETS[s][0]}.json",
-                  bfcl.load_items(s, config.bfcl.limit), list(config.modes), run) for s in config.bfcl.subsets]
+    suites = [Suite(f"bfcl:{s}", f"bfcl-eval {root}/BFCL_v4_{bfcl.SUBSETS[s][0]}.json",
+                    bfcl.load_items(s, config.bfcl.limit), list(config.modes), run)
+              for s in config.bfcl.subsets if s != "multi_turn"]
+    if "multi_turn" in config.bfcl.subsets and "lm" in config.modes:  # no controller owns these: lm mode only
+        suites.append(_multi_turn_suite(config, root))
+    return suites
+
+
+def _multi_turn_suite(config: AgentConfig, root: Path) -> Suite:
+    from slmkit.pipelines.agent import bfcl_multi
+
+    def run(item, mode, client, opts) -> dict:
+        trace, turns = bfcl_multi.run_item(item, mode, client, opts)
+        return {"task": item.id, "kind": item.subset, **bfcl_multi.score(item, trace, turns), "state_diff": {},
+                **_trace_fields(trace)}
+
+    return Suite("bfcl:multi_turn", f"bfcl-eval {root}/BFCL_v4_{bfcl_multi.STEM}.json (state and response "
+                 "checks)", bfcl_multi.load_items(config.bfcl.limit), ["lm"], run)
 
 
 def _trace_fields(trace) -> dict:

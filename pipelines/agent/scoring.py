@@ -137,6 +137,9 @@ def summarize(records: list[dict], k: int, price: dict) -> dict[str, Any]:
         "usd_per_success": sum(costs) / wins if wins else None,
         "status": {s: sum(r["status"] == s for r in records) for s in sorted({r["status"] for r in records})},
     }
+    turns = sum(r.get("turns", 0) for r in records)
+    if turns:  # multi-turn items: the share of turns passed, which moves before whole items do
+        row["turn_success"] = round(sum(r.get("turns_passed", 0) for r in records) / turns, 4)
     return row
 
 
