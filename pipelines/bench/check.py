@@ -168,10 +168,10 @@ def check(bench: dict, reported: dict, where: str = "reported") -> list[Check]:
     return out
 
 
-def print_checks(checks: list[Check], console) -> None:
+def print_checks(checks: list[Check], console, title: str = "bench --check") -> None:
     from rich.table import Table
 
-    table = Table(title="bench --check")
+    table = Table(title=title)
     for name in ("target", "figure", "reported", "measured", "tolerance", "ok"):
         table.add_column(name, justify="right" if name in ("reported", "measured") else "left")
     for c in checks:
@@ -181,11 +181,11 @@ def print_checks(checks: list[Check], console) -> None:
     console.print(table)
 
 
-def verdict(checks: list[Check]) -> None:
+def verdict(checks: list[Check], what: str = "bench --check") -> None:
     """Raise StageFailed naming every figure outside its tolerance; return when all are within."""
     missed = [c for c in checks if not c.ok]
     if missed:
-        raise StageFailed(f"bench --check: {len(missed)} of {len(checks)} figures outside tolerance: "
+        raise StageFailed(f"{what}: {len(missed)} of {len(checks)} figures outside tolerance: "
                           + ", ".join(f"{c.target} {c.figure}" for c in missed))
 
 
