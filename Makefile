@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-slow demo reproduce agent bench bench-all bench-curate bench-curate-ray bench-distill bench-faults bench-finetune bench-finetune-memory bench-serve bench-serve-concurrency bench-route bench-quantize bench-quant-mixture bench-prefill bench-quantize-reference lint clean
+.PHONY: setup test test-slow demo reproduce agent agent-student bench bench-all bench-curate bench-curate-ray bench-distill bench-faults bench-finetune bench-finetune-memory bench-serve bench-serve-concurrency bench-route bench-quantize bench-quant-mixture bench-prefill bench-quantize-reference lint clean
 
 setup: $(STAMP)
 
@@ -54,6 +54,12 @@ reproduce: setup
 agent: setup
 	$(WIDE) $(BIN)/slmkit run recipes/agent-demo.yaml
 	mkdir -p bench-results && cp runs/agent-demo/08_agent/agent.json bench-results/agent.json
+
+# A student trained for the workflow's code-mode steps on the teacher's traces (recipes/agent-student.yaml),
+# measured untuned vs tuned; agent.json is copied to bench-results/agent_student.json.
+agent-student: setup
+	$(WIDE) $(BIN)/slmkit run recipes/agent-student.yaml
+	mkdir -p bench-results && cp runs/agent-student/08_agent/agent.json bench-results/agent_student.json
 
 lint: setup
 	$(BIN)/ruff check cli pipelines evals slmkit tests scripts

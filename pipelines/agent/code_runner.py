@@ -67,7 +67,8 @@ def _model_step(step: Step, env: dict, client, trace: Trace, opts) -> tuple[Any,
         [{"role": "user", "content": render(m.prompt, env)}]
     c = trace.ask(client, Request(messages=messages, max_tokens=m.max_tokens, temperature=opts.temperature,
                                   seed=opts.seed, json_schema=m.schema_))
-    trace.transcript.append({"step": "model", "prompt": messages[-1]["content"], "answer": c.text})
+    trace.transcript.append({"step": "model", "system": m.system, "prompt": messages[-1]["content"],
+                             "answer": c.text})
     value, why = parse_json(c.text)
     if why is None:
         problems = schema_problems(m.schema_, value)

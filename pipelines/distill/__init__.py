@@ -27,6 +27,7 @@ from slmkit.pipelines.core.errors import SlmkitError, StageFailed
 from slmkit.pipelines.core.rundir import write_json
 from slmkit.pipelines.core.stage import Outcome, StageContext
 from slmkit.pipelines.core.types import InputPath, StrictModel
+from slmkit.pipelines.distill.agent_traces import AgentTraceConfig
 from slmkit.pipelines.distill.response_cache import ResponseCache, cache_key
 from slmkit.pipelines.distill.teachers import (
     Interrupted,
@@ -48,8 +49,11 @@ class DistillConfig(StrictModel):
     teacher: TeacherSpec = Field(description="openai:MODEL@BASE_URL (sends no key), hf:PATH or gguf:PATH, or a "
                                              "mapping (with `api_key_env` for an endpoint that needs a key)")
     prompts: InputPath | None = Field(None, description="prompts file; default: curate's output")
-    mode: Literal["generate", "logits"] = Field("generate", description="generate: the teacher's answers; "
-                                                "logits: answers plus the teacher's top-k log-probs (hf teacher)")
+    mode: Literal["generate", "logits", "agent"] = Field(
+        "generate", description="generate: the teacher's answers; logits: answers plus the teacher's top-k "
+                                "log-probs (hf teacher); agent: the teacher runs `agent.workflow`'s tasks and its "
+                                "successful runs' steps become the data")
+    agent: AgentTraceConfig | None = Field(None, description="mode agent: the workflow, modes and tasks to run")
     system: str | None = Field(None, description="system prompt for the teacher")
     few_shot: list[FewShot] = Field(default_factory=list)
     few_shot_file: InputPath | None = Field(None, description="more few-shot turns: JSONL of {prompt, response}")
@@ -71,6 +75,14 @@ class DistillConfig(StrictModel):
                                      "before the stage fails; answers dropped by validation do not count")
 
     model_config = {**StrictModel.model_config, "populate_by_name": True}
+
+    def extra_inputs(self) -> list[Path]:
+        """mode agent: the workflow's tasks file and its tools' sources, for the stage's fingerprint."""
+        if self.mode != "agent" or self.agent is None:
+            return []
+        from slmkit.pipelines.agent.workflow import workflow_dependencies
+
+        return workflow_dependencies(self.agent.workflow)
 
 
 # ---------------------------------------------------------------- prompts
@@ -141,6 +153,12 @@ def run(config: DistillConfig, ctx: StageContext) -> Outcome:
     if config.mode == "logits" and tcfg.kind != "hf":
         raise SlmkitError("distill.mode: 'logits' needs a local hf teacher (its token probabilities); "
                           f"this teacher is '{tcfg.kind}'")
+    if config.mode == "agent":
+        if config.agent is None:
+            raise SlmkitError("distill.agent: mode 'agent' needs an `agent` section (workflow, modes, tasks)")
+        with contextlib.ExitStack() as stack:
+            tcfg = _served(tcfg, stack, ctx)
+            return _agent_traces(config, ctx, tcfg)
     path = config.prompts or ctx.first_input("train", ["curate"])
     if path is None:
         raise SlmkitError("distill.prompts: no prompts (set `prompts`, or run curate before distill)")
@@ -155,13 +173,70 @@ def run(config: DistillConfig, ctx: StageContext) -> Outcome:
     if config.stop:
         params["stop"] = config.stop
     with contextlib.ExitStack() as stack:
-        if tcfg.serve:
-            from slmkit.pipelines.serving.local_endpoint import local_endpoint
-
-            url, model_id = stack.enter_context(local_endpoint(tcfg.serve, tcfg.delay_ms, tcfg.serve_threads))
-            ctx.console.print(f"distill: serving {tcfg.serve} at {url} as the teacher")
-            tcfg = tcfg.model_copy(update={"base_url": url, "model": tcfg.model or model_id})
+        tcfg = _served(tcfg, stack, ctx)
         return _generate(config, ctx, tcfg, prompts, shots, params)
+
+
+def _served(tcfg: TeacherConfig, stack: contextlib.ExitStack, ctx: StageContext) -> TeacherConfig:
+    """A `serve:` teacher started on loopback for the stage's length; any other teacher as it is."""
+    if not tcfg.serve:
+        return tcfg
+    from slmkit.pipelines.serving.local_endpoint import local_endpoint
+
+    url, model_id = stack.enter_context(local_endpoint(tcfg.serve, tcfg.delay_ms, tcfg.serve_threads))
+    ctx.console.print(f"distill: serving {tcfg.serve} at {url} as the teacher")
+    return tcfg.model_copy(update={"base_url": url, "model": tcfg.model or model_id})
+
+
+def _agent_traces(config: DistillConfig, ctx: StageContext, tcfg: TeacherConfig) -> Outcome:
+    """mode agent (pipelines/distill/agent_traces.py). The runs go on in a worker thread, so that Ctrl-C or
+    SIGTERM stops the next request while the one in flight is answered and cached, as generate mode does."""
+    from slmkit.pipelines.distill import agent_traces
+
+    cache = ResponseCache(ctx.cache / "distill_responses.sqlite")
+    stop = threading.Event()
+    teacher = make_teacher(tcfg, stop)
+    where = f"serve:{tcfg.serve}" if tcfg.serve else str(tcfg.base_url or tcfg.model)
+    client = agent_traces.CachingClient(teacher.client, cache, f"{tcfg.model}@{where}", stop)
+    done: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            done["result"] = agent_traces.record_traces(config.agent, client, ctx.seed, ctx.console.print)
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+            done["error"] = exc
+
+    worker = threading.Thread(target=work, name="distill-agent", daemon=True)
+    try:
+        with _sigterm_as_interrupt():
+            worker.start()
+            while worker.is_alive():
+                worker.join(0.2)
+    except KeyboardInterrupt:
+        stop.set()
+        ctx.console.print(f"distill: interrupted: no new requests; waiting up to {tcfg.timeout:.0f}s for the one "
+                          "in flight to be cached (interrupt again to leave now)")
+        worker.join(tcfg.timeout)
+        raise
+    finally:
+        if not worker.is_alive():
+            teacher.close()
+            cache.close()
+    if "error" in done:
+        raise done["error"]
+    records, report = done["result"]
+    report = {"teacher": {"kind": tcfg.kind, "model": tcfg.model, "base_url": tcfg.base_url, "served": tcfg.serve},
+              "mode": "agent", **report, "requests_new": client.fresh}
+    write_json(ctx.out / "report.json", report)
+    if not records:
+        raise StageFailed(f"distill: the teacher completed none of the {report['runs']} runs of "
+                          f"{config.agent.workflow} (statuses and state differences in {ctx.out / 'report.json'})")
+    jsonl.write_jsonl(ctx.out / "train.jsonl", records)
+    ctx.console.print(f"distill: {report['kept']}/{report['runs']} teacher runs kept → {len(records)} training "
+                      f"records, {client.fresh} new requests")
+    return Outcome(outputs={"train": "train.jsonl", "report": "report.json"},
+                   metrics={"runs": report["runs"], "kept": report["kept"], "records": len(records),
+                            "requests_new": client.fresh})
 
 
 # ---------------------------------------------------------------- asking the teacher
