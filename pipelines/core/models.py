@@ -145,7 +145,11 @@ def prepare(name: str, force: bool = False, log: Callable[[str], None] = print) 
     # Per-process partial folder: two processes preparing at once each finish their own, and the first rename wins.
     partial = out.with_name(f"{out.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
-    _gguf_to_hf_folder(source, partial)
+    from slmkit.pipelines.core.isolated import run_in_child
+
+    # In a child process: dequantising loads every tensor in torch, and the run's own process should not keep
+    # the allocator's leftovers for the rest of the run.
+    run_in_child(_gguf_to_hf_folder, source, partial, what=f"preparing {name}")
     meta = {
         "name": name,
         "package": known.package,

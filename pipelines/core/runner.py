@@ -15,6 +15,7 @@ from rich.console import Console
 
 from slmkit.pipelines.core import fingerprint as fp
 from slmkit.pipelines.core.errors import SlmkitError
+from slmkit.pipelines.core.isolated import release_memory
 from slmkit.pipelines.core.models import model_digest
 from slmkit.pipelines.core.recipe import dump, stages_in
 from slmkit.pipelines.core.rundir import (
@@ -167,6 +168,7 @@ class Run:
                                           self.root / "cache", record, seed=self.recipe.seed,
                                           base_model=self.recipe.model, console=console)
             console.print(f"[green]✓[/] {name}: finished in {read_json(sdir / 'DONE.json')['seconds']}s")
+            release_memory()  # the next stage's peak should not sit on this one's freed pages
         return results
 
 

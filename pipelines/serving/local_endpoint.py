@@ -29,11 +29,18 @@ def served_gguf(serve: str) -> Path:
         raise SlmkitError(f"serve: '{serve}' is neither a .gguf file nor a known model ({known})")
     target = models.cache_root() / "gguf" / f"{serve}-f16.gguf"
     if not target.is_file():
-        from slmkit.pipelines.quantize.gguf_export import export
+        from slmkit.pipelines.core.isolated import run_in_child
 
-        # export() writes a .partial file and renames it, so an interrupted export is never served.
-        export(Path(models.resolve(serve)), target, "f16", name=serve)
+        # In a child process, so that the HF weights it loads do not stay in this one beside the served model.
+        run_in_child(_export, serve, target, what=f"exporting {serve} to {target.name}")
     return target
+
+
+def _export(serve: str, target: Path) -> None:
+    from slmkit.pipelines.quantize.gguf_export import export
+
+    # export() writes a .partial file and renames it, so an interrupted export is never served.
+    export(Path(models.resolve(serve)), target, "f16", name=serve)
 
 
 @contextlib.contextmanager

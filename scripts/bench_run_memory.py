@@ -1,0 +1,120 @@
+"""Peak memory of a whole `slmkit run`: the run's process and every process it starts (the loopback teacher,
+bench's per-target workers, lm-eval), summed, sampled while it runs, and broken down by stage.
+
+    python scripts/bench_run_memory.py --out bench-results/demo_memory.json -- slmkit run demo --runs-dir /tmp/r
+
+The figure is the sum of PSS (proportional set size) over the process tree at each sample: what the run takes
+from the machine at that moment, with pages two processes share (the model files they both map) counted once.
+A single process's peak RSS (`/usr/bin/time -v`) misses the servers and workers beside it and counts shared
+pages in full. Samples every 0.5 s (--interval); the stage of a sample is the last stage header the run printed.
+The run's output goes to this script's stdout as it comes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+MB = 1e6  # decimal megabytes, as finetune's memory budget and its DONE metrics count them
+# `slmkit run` opens each stage with a rule, "──── finetune ────" (or "finetune (resuming)").
+STAGE_RULE = re.compile(r"^─+\s+(\w+)\b.*─+$")
+
+
+def tree_memory(root: psutil.Process) -> list[tuple[int, str, int, int]]:
+    """(pid, name, PSS, RSS) for `root` and its descendants; a process that exits while it is read is left out."""
+    rows = []
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            with p.oneshot():
+                info = p.memory_full_info()
+                rows.append((p.pid, " ".join(p.cmdline()[:3])[:80] or p.name(), info.pss, info.rss))
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return rows
+
+
+class Sampler:
+    def __init__(self, root: psutil.Process, interval: float):
+        self.root, self.interval = root, interval
+        self.stage = "start"
+        self.stages: dict[str, dict] = {}
+        self.timeline: list[tuple[float, str, float]] = []
+        self.peak: dict = {"total_pss_mb": 0.0}
+        self.stop = threading.Event()
+        self.started = time.monotonic()
+
+    def sample(self) -> None:
+        rows = tree_memory(self.root)
+        if not rows:
+            return
+        total = sum(r[2] for r in rows)
+        t = time.monotonic() - self.started
+        stage = self.stage
+        self.timeline.append((round(t, 1), stage, round(total / MB, 1)))
+        st = self.stages.setdefault(stage, {"peak_total_pss_mb": 0.0, "processes_at_peak": [], "first_s": t})
+        st["last_s"] = t
+        if total / MB > st["peak_total_pss_mb"]:
+            st["peak_total_pss_mb"] = round(total / MB, 1)
+            st["processes_at_peak"] = [{"pid": pid, "cmd": cmd, "pss_mb": round(pss / MB, 1),
+                                        "rss_mb": round(rss / MB, 1)} for pid, cmd, pss, rss in rows]
+        if total / MB > self.peak["total_pss_mb"]:
+            self.peak = {"total_pss_mb": round(total / MB, 1), "stage": stage, "at_s": round(t, 1),
+                         "processes": len(rows)}
+
+    def loop(self) -> None:
+        while not self.stop.wait(self.interval):
+            self.sample()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True, help="JSON file to write")
+    ap.add_argument("--interval", type=float, default=0.5, help="seconds between samples")
+    ap.add_argument("--goal-mb", type=float, default=2500, help="the peak the run should stay under (reported)")
+    ap.add_argument("command", nargs=argparse.REMAINDER, help="the run to measure, after --")
+    args = ap.parse_args()
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not cmd:
+        ap.error("give the command to measure after --")
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    sampler = Sampler(psutil.Process(proc.pid), args.interval)
+    thread = threading.Thread(target=sampler.loop, daemon=True)
+    thread.start()
+    try:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            m = STAGE_RULE.match(line.strip())
+            if m:
+                sampler.stage = m.group(1)
+    except KeyboardInterrupt:  # Ctrl-C reaches the run too (same process group); wait for it to stop cleanly
+        pass
+    rc = proc.wait()
+    sampler.stop.set()
+    thread.join()
+    for st in sampler.stages.values():
+        st["seconds"] = round(st.pop("last_s") - st.pop("first_s"), 1)
+    doc = {"command": cmd, "exit_code": rc, "interval_s": args.interval,
+           "seconds": round(time.monotonic() - sampler.started, 1), "goal_mb": args.goal_mb,
+           "peak": sampler.peak, "under_goal": sampler.peak["total_pss_mb"] < args.goal_mb,
+           "stages": sampler.stages, "timeline": sampler.timeline,
+           "machine": {"cpus": psutil.cpu_count(), "memory_total_mb": round(psutil.virtual_memory().total / MB)}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"\npeak {sampler.peak['total_pss_mb']:.0f} MB (sum of PSS over the run's processes) in stage "
+          f"{sampler.peak.get('stage')}; per stage: " + ", ".join(
+              f"{k} {v['peak_total_pss_mb']:.0f}" for k, v in sampler.stages.items()) + f"  → {args.out}")
+    sys.exit(rc)
+
+
+if __name__ == "__main__":
+    main()
