@@ -173,6 +173,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--memory-steps", type=int, default=2)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--bf16", action="store_true", help="time the bf16 variants even on a CPU without native bf16")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "finetune.json")
     args = ap.parse_args()
 
@@ -180,7 +181,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from slmkit.pipelines.core import models
-    from slmkit.pipelines.finetune import sft_data
+    from slmkit.pipelines.finetune import cpu_has_native_bf16, sft_data
 
     torch.set_num_threads(args.threads)
     path = models.resolve(args.model)
@@ -198,6 +199,12 @@ def main() -> None:
             f"slmkit_lora_packed_to_{args.max_length}": ({"pack_length": args.max_length}, args.max_length),
             "slmkit_lora_no_packing": ({"packing": False}, mean_len),
         }
+        native_bf16 = cpu_has_native_bf16()
+        if native_bf16 or args.bf16:
+            # Where the CPU multiplies bf16 natively (AMX, AVX512-BF16): autocast keeps float32 weights, LoRA
+            # and optimiser; bf16 weights also halve what the frozen base takes. Elsewhere both are emulated.
+            variants["slmkit_lora_bf16_autocast"] = ({"autocast": "bfloat16"}, longest)
+            variants["slmkit_lora_bf16_weights"] = ({"dtype": "bfloat16"}, longest)
         runs: dict[str, list[float]] = {"plain_peft_padded": [], **{k: [] for k in variants}}
         info: dict = {}
         for rnd in range(args.rounds):
@@ -236,7 +243,7 @@ def main() -> None:
         "slmkit_variants": info,
         "peak_memory": memory,
         "host": {"machine": platform.machine(), "python": platform.python_version(), "torch": torch.__version__,
-                 "cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg()},
+                 "cpus": os.cpu_count(), "native_bf16": native_bf16, "loadavg_at_end": os.getloadavg()},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -68,6 +68,10 @@ class FinetuneConfig(StrictModel):
                                                         "'chatml', 'gemma' or a Jinja string")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="dtype of the base weights "
                                                                               "while training (lora)")
+    autocast: Literal["none", "bfloat16"] = Field(
+        "none", description="run the forward and backward passes under bfloat16 autocast (weights, LoRA and "
+                            "optimiser stay float32): fast on CPUs with native bf16 (AMX, AVX512-BF16), slow "
+                            "elsewhere; measured by bench-finetune. Off by default: the numbers move with it")
     gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, slower "
                                                            "(memory_budget turns it on when needed)")
     memory_budget: str | float | None = Field(
@@ -259,6 +263,9 @@ def train(config: FinetuneConfig, ctx: StageContext, callbacks=()) -> Outcome:
     world = max(1, int(os.environ.get("WORLD_SIZE", "1")))
     max_steps, warmup = _warmup_steps(config, len(train_rows), world)
     plan = _memory_plan(config, path, train_rows, ctx.console)
+    if config.autocast == "bfloat16" and not torch.cuda.is_available() and not cpu_has_native_bf16():
+        ctx.console.print("[yellow]finetune.autocast: this CPU has no native bfloat16 (AMX or AVX512-BF16); "
+                          "autocast will emulate it and train slower than float32[/]")
     args = TrainingArguments(
         output_dir=str(ckpt_dir), seed=seed, data_seed=seed, learning_rate=config.learning_rate,
         lr_scheduler_type=config.lr_scheduler, warmup_steps=warmup, weight_decay=config.weight_decay,
@@ -271,7 +278,8 @@ def train(config: FinetuneConfig, ctx: StageContext, callbacks=()) -> Outcome:
         metric_for_best_model="eval_loss" if has_eval else None, greater_is_better=False,
         label_names=["labels"], remove_unused_columns=False, prediction_loss_only=True, report_to=[],
         disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False,
-        bf16=config.dtype == "bfloat16" and torch.cuda.is_available(), ddp_find_unused_parameters=False,
+        bf16=(config.dtype == "bfloat16" and torch.cuda.is_available()) or config.autocast == "bfloat16",
+        ddp_find_unused_parameters=False,
         # Without use_cpu, accelerate sees no GPU and no CPU request and runs every process as a world of one.
         use_cpu=not torch.cuda.is_available(),
         ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None,
@@ -322,6 +330,16 @@ def train(config: FinetuneConfig, ctx: StageContext, callbacks=()) -> Outcome:
         "memory_estimate": plan.as_dict(), "peak_rss_mb": _peak_rss_mb(),
     }
     return Outcome(outputs={"adapter": "adapter", "metrics": "metrics.jsonl"}, metrics=metrics)
+
+
+def cpu_has_native_bf16() -> bool:
+    """oneDNN's own test: bf16 matrix kernels (AVX512-BF16 or AMX) on this CPU."""
+    import torch
+
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False
 
 
 def _memory_plan(config: FinetuneConfig, path: str, train_rows: list, console: Any):
