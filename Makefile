@@ -48,6 +48,7 @@ reproduce: setup
 	$(WIDE) $(BIN)/slmkit run demo
 	$(WIDE) $(BIN)/slmkit bench --check recipes/demo.reported.json --results runs/demo/06_bench/bench.json
 	$(WIDE) $(BIN)/slmkit route --check recipes/demo.route.reported.json --results runs/demo/07_route/route.json
+	$(WIDE) $(BIN)/slmkit agent --check recipes/demo.agent.reported.json --results runs/demo/08_agent/agent.json
 
 # slmkit agent on the demo's refund workflow and three BFCL subsets, lm agency vs code agency, on the local SLM and
 # the loopback baseline (recipes/agent-demo.yaml); agent.json is copied to bench-results/agent.json.
