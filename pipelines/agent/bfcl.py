@@ -30,7 +30,7 @@ from typing import Any
 
 from slmkit.pipelines.agent.lm_runner import action_schema, parse_action
 from slmkit.pipelines.agent.tools import Tool
-from slmkit.pipelines.agent.trace import Call, Trace, parse_json
+from slmkit.pipelines.agent.trace import Call, Trace
 from slmkit.pipelines.backends import Request, RequestError
 from slmkit.pipelines.core.errors import SlmkitError
 
@@ -215,7 +215,7 @@ def run_item(item: Item, mode: str, client, opts) -> Trace:
 
 
 def _lm(item: Item, tools: dict[str, Tool], client, opts, trace: Trace) -> None:
-    from slmkit.pipelines.agent.lm_runner import system_message, turn_request
+    from slmkit.pipelines.agent.lm_runner import record_invalid, system_message, turn_request
 
     schema = action_schema(tools)
     messages = [{"role": "system", "content": system_message(SYSTEM, tools)},
@@ -225,10 +225,7 @@ def _lm(item: Item, tools: dict[str, Tool], client, opts, trace: Trace) -> None:
     trace.transcript = [*messages, {"role": "assistant", "content": c.text}]
     action, why = parse_action(c.text, schema)
     if action is None:
-        trace.invalid_outputs += 1
-        value, _ = parse_json(c.text)
-        named = value.get("tool") if isinstance(value, dict) else None
-        trace.calls.append(Call(named if isinstance(named, str) else None, None, False, why))
+        record_invalid(trace, c.text, why)  # one turn only: nothing is told back
     elif "answer" in action:
         trace.answer = action["answer"]
     else:

@@ -30,9 +30,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from slmkit.pipelines.agent import bfcl
-from slmkit.pipelines.agent.lm_runner import FORMAT, action_schema, parse_action, system_message, turn_request
+from slmkit.pipelines.agent.lm_runner import (
+    action_schema,
+    parse_action,
+    record_invalid,
+    system_message,
+    turn_request,
+)
 from slmkit.pipelines.agent.tools import Tool
-from slmkit.pipelines.agent.trace import Call, Trace, parse_json
+from slmkit.pipelines.agent.trace import Call, Trace
 from slmkit.pipelines.backends import RequestError
 from slmkit.pipelines.core.errors import SlmkitError
 
@@ -195,11 +201,7 @@ def _turn(messages, tools, schema, env, client, opts, trace: Trace) -> None:
         messages.append({"role": "assistant", "content": c.text})
         action, why = parse_action(c.text, schema)
         if action is None:
-            trace.invalid_outputs += 1
-            value, _ = parse_json(c.text)
-            named = value.get("tool") if isinstance(value, dict) else None
-            trace.calls.append(Call(named if isinstance(named, str) else None, None, False, why))
-            messages.append({"role": "user", "content": f"That was not a valid answer: {why}. {FORMAT}"})
+            messages.append({"role": "user", "content": record_invalid(trace, c.text, why)})
             continue
         if "answer" in action:
             return

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from slmkit.pipelines.bench.check import Check, print_checks, verdict
+from slmkit.pipelines.bench.check import Check, load, print_checks, verdict
 from slmkit.pipelines.core.errors import SlmkitError
 
 DEFAULT_TOLERANCES = {"rate_abs": 0.25}
@@ -38,15 +38,7 @@ def row_figures(row: dict, k: int) -> dict[str, float | None]:
 
 
 def _load(path: Path, what: str, key: str) -> dict:
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise SlmkitError(f"{what}: no file at {path}") from None
-    except json.JSONDecodeError as exc:
-        raise SlmkitError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(data, dict) or not isinstance(data.get(key), (list, dict)):
-        raise SlmkitError(f"{path}: expected a JSON object with '{key}' ({what})")
-    return data
+    return load(path, what, key, f" ({what})")
 
 
 def write_reported(results: Path, out: Path, console) -> dict:

@@ -75,10 +75,7 @@ def run_lm(workflow: Workflow, task: Task, client, opts) -> Trace:
             messages.append({"role": "assistant", "content": c.text})
             action, why = parse_action(c.text, schema)
             if action is None:
-                trace.invalid_outputs += 1
-                name = _named_tool(c.text)
-                trace.calls.append(Call(name, None, False, why))
-                messages.append({"role": "user", "content": f"That was not a valid answer: {why}. {FORMAT}"})
+                messages.append({"role": "user", "content": record_invalid(trace, c.text, why)})
                 continue
             if "answer" in action:
                 trace.status, trace.answer = "answered", action["answer"]
@@ -89,6 +86,14 @@ def run_lm(workflow: Workflow, task: Task, client, opts) -> Trace:
         trace.status, trace.error = "request_failed", str(exc)
     trace.transcript = messages
     return trace.finish(state)
+
+
+def record_invalid(trace: Trace, text: str, why: str) -> str:
+    """Count an answer that is no valid action as an invalid call (of the tool it names, where it names one) and
+    return what the model is told about it."""
+    trace.invalid_outputs += 1
+    trace.calls.append(Call(_named_tool(text), None, False, why))
+    return f"That was not a valid answer: {why}. {FORMAT}"
 
 
 def _named_tool(text: str) -> str | None:

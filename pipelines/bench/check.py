@@ -72,15 +72,16 @@ class Check:
     ok: bool
 
 
-def load(path: Path, what: str) -> dict:
+def load(path: Path, what: str, key: str = "targets", about: str = "") -> dict:
+    """A results or reported-figures JSON file that must be an object with `key` (a list or an object)."""
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise SlmkitError(f"{what}: no file at {path}") from None
     except json.JSONDecodeError as exc:
         raise SlmkitError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("targets"), (list, dict)):
-        raise SlmkitError(f"{path}: expected a JSON object with 'targets'")
+    if not isinstance(data, dict) or not isinstance(data.get(key), (list, dict)):
+        raise SlmkitError(f"{path}: expected a JSON object with '{key}'{about}")
     return data
 
 
