@@ -29,7 +29,7 @@ from pathlib import Path
 import typer
 
 from slmkit.cli.bench import _targets
-from slmkit.cli.common import Flags, console, run_stage_verb
+from slmkit.cli.common import Flags, reported_figures_verb, run_stage_verb
 from slmkit.cli.config_flags import Flag, stage_options
 
 NAME = "agent"
@@ -58,18 +58,9 @@ def command(
                                                                         "tolerances) from --results here"),
 ) -> None:
     from slmkit.pipelines.agent import check as agent_check
-    from slmkit.pipelines.core.errors import SlmkitError
 
-    if write_reported or check:
-        if not results:
-            raise SlmkitError("slmkit agent: --check and --write-reported need --results AGENT_JSON")
-        if write_reported:
-            agent_check.write_reported(results, write_reported, console)
-        else:
-            agent_check.run_check(check, results, console)
+    if reported_figures_verb(NAME, agent_check, check=check, results=results, write_reported=write_reported):
         return
-    if results:
-        raise SlmkitError("slmkit agent: --results goes with --check or --write-reported")
     if workflow_file is not None:
         flags = Flags({**flags.values, "workflow": str(workflow_file)}, flags.names)
     if out is None and not recipe:

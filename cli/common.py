@@ -115,3 +115,24 @@ def run_stage_verb(stage: str, *, recipe: str | None, overrides: list[str] | Non
     config = build_config(stage, flags, overrides)
     result = run_standalone(stage, config, out, force=force, console=console)
     console.print(f"outputs: {result.dir}")
+
+
+def reported_figures_verb(stage: str, checker: Any, *, check: Path | None, results: Path | None,
+                          write_reported: Path | None) -> bool:
+    """`slmkit <stage> --check/--write-reported … --results FILE`: compare a finished run's results with the
+    reported figures, or write them from it. `checker` is the stage's check module (its `run_check` and
+    `write_reported`). True when the verb was one of these (and so is done), False for a run."""
+    from slmkit.pipelines.core.errors import SlmkitError
+
+    what = f"{stage.upper()}_JSON"
+    if write_reported or check:
+        if not results:
+            raise SlmkitError(f"slmkit {stage}: --check and --write-reported need --results {what}")
+        if write_reported:
+            checker.write_reported(results, write_reported, console)
+        else:
+            checker.run_check(check, results, console)
+        return True
+    if results:
+        raise SlmkitError(f"slmkit {stage}: --results goes with --check or --write-reported")
+    return False

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import typer
 
-from slmkit.cli.common import Flags, console, run_stage_verb
+from slmkit.cli.common import Flags, reported_figures_verb, run_stage_verb
 from slmkit.cli.config_flags import Flag, stage_options
 
 NAME = "route"
@@ -44,17 +44,8 @@ def command(
     write_reported: Path = typer.Option(None, "--write-reported", help="write the hybrid row's figures (with "
                                                                         "default tolerances) from --results here"),
 ) -> None:
-    from slmkit.pipelines.core.errors import SlmkitError
     from slmkit.pipelines.route import check as route_check
 
-    if write_reported or check:
-        if not results:
-            raise SlmkitError("slmkit route: --check and --write-reported need --results ROUTE_JSON")
-        if write_reported:
-            route_check.write_reported(results, write_reported, console)
-        else:
-            route_check.run_check(check, results, console)
+    if reported_figures_verb(NAME, route_check, check=check, results=results, write_reported=write_reported):
         return
-    if results:
-        raise SlmkitError("slmkit route: --results goes with --check or --write-reported")
     run_stage_verb(NAME, recipe=recipe, overrides=sets, runs_dir=runs_dir, out=out, force=force, flags=flags)

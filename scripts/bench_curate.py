@@ -162,27 +162,15 @@ class MemorySampler:
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
-    def _pss(self, p) -> int:
-        try:
-            return p.memory_full_info().pss
-        except Exception:  # a worker that exits between listing and reading
-            return 0
-
-    def _name(self, p) -> str:
-        try:
-            return p.name()
-        except Exception:
-            return "?"
-
     def _run(self) -> None:
+        from slmkit.pipelines.core.proc_memory import tree_memory
+
         while not self.stop.wait(0.2):
-            total = 0
-            for p in [self.proc, *self.proc.children(recursive=True)]:
-                pss = self._pss(p)
-                total += pss
-                name, peak = self.per_process.get(p.pid, (self._name(p), 0))
-                self.per_process[p.pid] = (name, max(peak, pss))
-            self.peak = max(self.peak, total)
+            rows = tree_memory(self.proc)
+            for r in rows:
+                name, peak = self.per_process.get(r.pid, (r.name, 0))
+                self.per_process[r.pid] = (name, max(peak, r.pss))
+            self.peak = max(self.peak, sum(r.pss for r in rows))
 
     def workers(self) -> dict:
         """Peak PSS of the busiest worker (forked pool or Ray worker), and how many there were."""

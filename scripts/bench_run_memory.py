@@ -23,22 +23,11 @@ from pathlib import Path
 
 import psutil
 
+from slmkit.pipelines.core.proc_memory import tree_memory
+
 MB = 1e6  # decimal megabytes, as finetune's memory budget and its DONE metrics count them
 # `slmkit run` opens each stage with a rule, "──── finetune ────" (or "finetune (resuming)").
 STAGE_RULE = re.compile(r"^─+\s+(\w+)\b.*─+$")
-
-
-def tree_memory(root: psutil.Process) -> list[tuple[int, str, int, int]]:
-    """(pid, name, PSS, RSS) for `root` and its descendants; a process that exits while it is read is left out."""
-    rows = []
-    for p in [root, *root.children(recursive=True)]:
-        try:
-            with p.oneshot():
-                info = p.memory_full_info()
-                rows.append((p.pid, " ".join(p.cmdline()[:3])[:80] or p.name(), info.pss, info.rss))
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return rows
 
 
 class Sampler:
@@ -55,7 +44,7 @@ class Sampler:
         rows = tree_memory(self.root)
         if not rows:
             return
-        total = sum(r[2] for r in rows)
+        total = sum(r.pss for r in rows)
         t = time.monotonic() - self.started
         stage = self.stage
         self.timeline.append((round(t, 1), stage, round(total / MB, 1)))
@@ -63,8 +52,8 @@ class Sampler:
         st["last_s"] = t
         if total / MB > st["peak_total_pss_mb"]:
             st["peak_total_pss_mb"] = round(total / MB, 1)
-            st["processes_at_peak"] = [{"pid": pid, "cmd": cmd, "pss_mb": round(pss / MB, 1),
-                                        "rss_mb": round(rss / MB, 1)} for pid, cmd, pss, rss in rows]
+            st["processes_at_peak"] = [{"pid": r.pid, "cmd": r.cmd, "pss_mb": round(r.pss / MB, 1),
+                                        "rss_mb": round(r.rss / MB, 1)} for r in rows]
         if total / MB > self.peak["total_pss_mb"]:
             self.peak = {"total_pss_mb": round(total / MB, 1), "stage": stage, "at_s": round(t, 1),
                          "processes": len(rows)}

@@ -70,6 +70,18 @@ def test_cli_check_exits_1_on_a_miss_and_needs_results(tmp_path):
     assert isinstance(bad.exception, SlmkitError) and f"{broken}:2: not valid JSON" in str(bad.exception)
 
 
+@pytest.mark.parametrize("verb", ["agent", "route"])
+def test_check_verbs_refuse_half_given_options(tmp_path, verb):
+    """agent and route share the --check/--write-reported dispatch: each half-given form gets its own error."""
+    runner = CliRunner()
+    alone = runner.invoke(app, [verb, "--write-reported", str(tmp_path / "rep.json")])
+    assert isinstance(alone.exception, SlmkitError)
+    assert f"slmkit {verb}: --check and --write-reported need --results {verb.upper()}_JSON" in str(alone.exception)
+    stray = runner.invoke(app, [verb, "--results", str(tmp_path / "x.json")])
+    assert isinstance(stray.exception, SlmkitError) and "--results goes with --check" in str(stray.exception)
+    assert not (tmp_path / "rep.json").exists()
+
+
 class _Quiet:
     def print(self, *a, **k):
         pass
