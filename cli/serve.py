@@ -16,12 +16,14 @@ Examples:
 
   slmkit serve --router router.json --remote-url https://api.example.com/v1   # the remote at another address
 
-Both /v1/chat/completions and /v1/completions answer `"stream": true` with server-sent events. By default every
-prompt is prefilled from scratch, so the same request gets the same answer whatever came before it.
-`--prompt-cache` keeps the KV cache of the previous prompt and evaluates only what follows the common prefix
-(llama.cpp server's cache_prompt): a lower time to first token when prompts share a long prefix (a system
-message, few-shot examples), but a prefill of another shape rounds differently, so a greedy answer can then
-depend on the requests before it (scripts/bench_serve.py measures the gain).
+Both /v1/chat/completions and /v1/completions answer `"stream": true` with server-sent events. The same request
+gets the same answer whatever came before it: by default a prompt reuses the previous one's KV cache only in
+whole prefill batches of their common prefix (512 tokens each), which evaluates every batch exactly as a
+prefill from scratch would, so a few-shot or system prefix longer than a batch is computed once and no answer
+moves. `--prompt-cache` reuses every cached token and evaluates only what follows the common prefix (llama.cpp
+server's cache_prompt): a lower time to first token still, but a prefill of another shape rounds differently,
+so a greedy answer can then depend on the requests before it. `--from-scratch` prefills every prompt whole
+(scripts/bench_serve.py measures all three).
 
 With --router (a router.json written by `slmkit route`), each chat request is routed live between the local GGUF
 the router was fitted on and the remote endpoint (or the recipe's local stand-in for it, served again); the
@@ -56,8 +58,10 @@ def command(
                                  help="slots: independent llama.cpp contexts over the same (shared, mmap'd) "
                                       "weights, each answering one request at a time; others wait in order"),
     prompt_cache: bool = typer.Option(False, "--prompt-cache",
-                                      help="reuse the previous prompt's KV cache for a shared prefix: faster first "
-                                           "token, but answers may then depend on earlier requests"),
+                                      help="reuse every cached token of the previous prompt's KV for a shared "
+                                           "prefix: faster first token, but answers may then depend on earlier requests"),
+    from_scratch: bool = typer.Option(False, "--from-scratch",
+                                      help="prefill every prompt whole (no KV reuse at all; slower, same answers)"),
     api_key_env: str | None = typer.Option(None, "--api-key-env", metavar="VAR",
                                            help="require 'Authorization: Bearer <key>' on /v1, the key read from "
                                                 "this environment variable (never printed)"),
@@ -87,4 +91,4 @@ def command(
     from slmkit.pipelines.serving.server import serve_forever
 
     serve_forever(model, port, delay_ms, n_ctx, threads, host=host, prompt_cache=prompt_cache,
-                  api_key_env=api_key_env, max_body_bytes=max_body_bytes, parallel=parallel)
+                  api_key_env=api_key_env, max_body_bytes=max_body_bytes, parallel=parallel, from_scratch=from_scratch)

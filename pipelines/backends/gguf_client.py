@@ -1,8 +1,10 @@
 """A GGUF model run in-process by llama-cpp-python, one request at a time.
 
-Every request is prefilled from scratch unless `prompt_cache` is on: llama.cpp would keep the previous prompt's
-KV cache and evaluate only what follows the common prefix, and a prefill of another batch shape rounds
-differently, so greedy decoding could give the same request another answer depending on what came before.
+A request reuses the previous one's KV cache only in whole prefill batches of their common prefix
+(pipelines/backends/prefix_reuse.py), which evaluates every batch exactly as a prefill from scratch would: the
+same request gets the same answer whatever came before, and a long shared prefix (few-shot examples) is
+computed once. `prompt_cache` opts into llama-cpp-python's own cache of every common token, where a prefill of
+another batch shape rounds differently and a greedy answer can depend on the requests before it.
 
 Streamed requests use llama-cpp-python's own stream (the time of the first piece of text is what a user of it
 sees); plain ones its plain call. The prompt's token count is the length of the exact token list llama.cpp
@@ -23,6 +25,7 @@ import time
 
 from slmkit.pipelines.backends import llama_adapter
 from slmkit.pipelines.backends.base import ClientSpec, Completion, Request, completion_prompt
+from slmkit.pipelines.backends.prefix_reuse import reuse_aligned_prefix
 from slmkit.pipelines.backends.registry import register
 from slmkit.pipelines.backends.retry import NO_RETRY, RetryPolicy
 from slmkit.pipelines.core.defaults import N_CTX
@@ -89,6 +92,8 @@ class GGUFClient:
             return counted_generate
 
         llama_adapter.wrap_method(self.llm, "generate", counted)
+        if not spec.prompt_cache:
+            reuse_aligned_prefix(self.llm)
 
     def _token_logprobs(self, tok: int, k: int) -> dict[str, float]:
         """The sampled token's log-probability under the model (before any sampler), then the k-1 likeliest
@@ -121,8 +126,6 @@ class GGUFClient:
             except ValueError as exc:
                 raise SlmkitError(str(exc)) from None
         with self._lock:
-            if not self.spec.prompt_cache:
-                self.llm.reset()
             self._top_k, self._logprobs = request.logprobs, []
             try:
                 return self._complete(request, call, whole, piece_of, kw)

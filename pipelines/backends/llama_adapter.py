@@ -82,6 +82,21 @@ def rewind(llm, n_tokens: int) -> None:
     llm.n_tokens = int(n_tokens)
 
 
+def position(llm) -> int:
+    """How many tokens the context holds (the next eval writes from here)."""
+    return int(llm.n_tokens)
+
+
+def evaluated_tokens(llm, start: int, end: int) -> list[int]:
+    """The token ids the context evaluated at positions start..end-1."""
+    return [int(t) for t in llm.input_ids[start:end]]
+
+
+def batch_size(llm) -> int:
+    """n_batch: a prompt is evaluated in batches of this many tokens, from where the context stands."""
+    return int(llm.n_batch)
+
+
 def last_logits(llm):
     """The logits the next token is sampled from: the last evaluated position's (a copy, shape [n_vocab]).
     llama.cpp keeps them after every decode even with logits_all=False, so a generate hook can read the

@@ -49,10 +49,11 @@ class TargetConfig(StrictModel):
     system: str | None = None
     n_threads: int | None = Field(None, gt=0, description="local targets: CPU threads (default: all cores)")
     n_ctx: int = Field(N_CTX["bench"], gt=0, description="gguf: context length")
-    prompt_cache: bool = Field(False, description="gguf: reuse the KV of the prompt prefix shared with the previous "
-                                                  "request, as llama.cpp servers do. Off by default: a prefill of "
-                                                  "another shape rounds differently, so with it the same request "
-                                                  "can get another greedy answer depending on what came before")
+    prompt_cache: bool = Field(False, description="gguf: reuse every token of the prompt prefix shared with the "
+                                                  "previous request, as llama.cpp servers do. Off by default (only "
+                                                  "whole prefill batches are reused): a prefill of another shape "
+                                                  "rounds differently, so with it the same request can get another "
+                                                  "greedy answer depending on what came before")
     price_input_per_1m: float | None = Field(None, ge=0, description="endpoint: USD per 1M prompt tokens")
     price_output_per_1m: float | None = Field(None, ge=0, description="endpoint: USD per 1M completion tokens")
     tokenizer: str | None = Field(None, description="endpoint: count tokens with this (HF folder, known model "

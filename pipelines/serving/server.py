@@ -21,13 +21,16 @@ the first free slot, and when all are busy requests wait in arrival order (FIFO)
 do. llama-cpp-python 0.3.36 has no continuous batching in its high-level API, so several contexts decoding
 side by side (each with a share of the CPU threads) is what is real here, not one batched decode. To serve
 many users at scale run llama.cpp's `llama-server -np N` (continuous batching) or vLLM, and register it as an
-`openai` bench target or distill teacher (`openai:MODEL@http://HOST:PORT/v1`). In every slot each request is prefilled from scratch (`llm.reset()`):
-llama.cpp would otherwise keep the previous prompt's KV cache and evaluate only the part after the common
-prefix, and a prefill of another batch shape rounds differently, so the same greedy request could get another
-answer depending on what the server answered before. `prompt_cache=True` (`--prompt-cache`) keeps the prefix
-cache, as llama.cpp server's `cache_prompt` does: a lower time to first token for prompts that share a long
-prefix, at the price of that determinism (scripts/bench_serve.py measures both). `usage.prompt_tokens_details
-.cached_tokens` says how many prompt tokens an answer took from the cache.
+`openai` bench target or distill teacher (`openai:MODEL@http://HOST:PORT/v1`).
+
+What a slot keeps between requests (pipelines/backends/prefix_reuse.py): by default the KV of the common prompt
+prefix in whole prefill batches (n_batch tokens) only, so every batch is evaluated exactly as a prefill from
+scratch would, and the same request gets the same answer whatever the server answered before; a few-shot or
+system prefix longer than a batch is computed once. llama-cpp-python's own prefix cache, which evaluates from
+wherever the common prefix ends, rounds other batch shapes differently and can change a greedy answer;
+`prompt_cache=True` (`--prompt-cache`, llama.cpp server's `cache_prompt`) opts into it for every cached token,
+and `from_scratch=True` (`--from-scratch`) prefills every prompt whole (scripts/bench_serve.py measures all
+three). `usage.prompt_tokens_details.cached_tokens` says how many prompt tokens an answer took from the cache.
 
 A client that disconnects stops its generation at the next token, streamed or not. `delay_ms` adds a fixed
 latency before the first byte of every answer so benchmarks can stand in for a network endpoint whose time is
@@ -55,6 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from slmkit.pipelines.backends import llama_adapter
+from slmkit.pipelines.backends.prefix_reuse import prefix_reuse_mode, reuse_aligned_prefix
 from slmkit.pipelines.core.defaults import N_CTX
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.serving.requests import ApiError, ChatRequest, CompletionRequest, error_body, parse
@@ -176,10 +180,18 @@ def threads_per_slot(n_threads: int | None, parallel: int) -> int:
 class _Slot:
     """One llama.cpp context over the engine's GGUF: its model, hooks and lock (one request at a time)."""
 
-    def __init__(self, index: int, llm) -> None:
+    def __init__(self, index: int, llm, reuse: str) -> None:
         self.index, self.llm = index, llm
         self.hooks = LlamaHooks(llm)
         self.lock = threading.Lock()
+        self.reuse = reuse
+        if reuse == "aligned":
+            reuse_aligned_prefix(llm)
+
+    def prepare(self) -> None:
+        """Before a request: prefill from scratch, or leave the KV to the reuse rule in force."""
+        if self.reuse == "none":
+            self.llm.reset()
 
 
 class _Ticket:
@@ -240,10 +252,11 @@ class Engine:
     before it may wait for one. `llm`, `hooks` and `lock` are the first slot's (with one slot, the model)."""
 
     def __init__(self, model_path: Path, n_ctx: int = N_CTX["serve"], n_threads: int | None = None,
-                 prompt_cache: bool = False, parallel: int = 1) -> None:
+                 prompt_cache: bool = False, parallel: int = 1, from_scratch: bool = False) -> None:
         check_parallel(parallel)
         threads = threads_per_slot(n_threads, parallel)
-        self.slots = [_Slot(i, llama_adapter.open_llama(model_path, n_ctx, threads, what="slmkit serve"))
+        self.reuse = prefix_reuse_mode(prompt_cache, from_scratch)
+        self.slots = [_Slot(i, llama_adapter.open_llama(model_path, n_ctx, threads, what="slmkit serve"), self.reuse)
                       for i in range(parallel)]
         self.pool = SlotPool(self.slots)
         self.threads_per_slot = threads
@@ -307,8 +320,7 @@ class Engine:
                 if job.cancelled():
                     job.emit("cancelled")
                     return
-                if not self.prompt_cache:
-                    slot.llm.reset()  # every prompt prefilled from scratch: the same request, the same answer
+                slot.prepare()
                 job.slot = slot
                 slot.hooks.begin(job.token if job.streaming else None, job.cancelled)
                 try:
@@ -665,12 +677,12 @@ def api_key_from_env(var: str | None) -> str | None:
 
 def make_server(model_path: Path, port: int, delay_ms: int = 0, n_ctx: int = N_CTX["serve"], n_threads: int | None = None,
                 *, host: str = "127.0.0.1", prompt_cache: bool = False, api_key: str | None = None,
-                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, parallel: int = 1) -> Server:
+                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, parallel: int = 1, from_scratch: bool = False) -> Server:
     """A server bound and loaded, not yet serving. Start-up problems are SlmkitErrors: the port is taken or out
     of range, or the file is missing or not a GGUF. The port is checked first, so they come fast."""
     sock = bind(host, port)
     try:
-        engine = Engine(check_gguf(model_path), n_ctx, n_threads, prompt_cache, parallel)
+        engine = Engine(check_gguf(model_path), n_ctx, n_threads, prompt_cache, parallel, from_scratch)
     except BaseException:
         sock.close()
         raise
@@ -679,15 +691,16 @@ def make_server(model_path: Path, port: int, delay_ms: int = 0, n_ctx: int = N_C
 
 def serve_forever(model_path: Path, port: int, delay_ms: int = 0, n_ctx: int = N_CTX["serve"], n_threads: int | None = None,
                   *, host: str = "127.0.0.1", prompt_cache: bool = False, api_key_env: str | None = None,
-                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, parallel: int = 1) -> None:
+                  max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, parallel: int = 1, from_scratch: bool = False) -> None:
     """`slmkit serve`: serve until interrupted (Ctrl-C or SIGTERM)."""
     check_parallel(parallel)
     check_gguf(model_path)
     api_key = api_key_from_env(api_key_env)
     server = make_server(model_path, port, delay_ms, n_ctx, n_threads, host=host, prompt_cache=prompt_cache,
-                         api_key=api_key, max_body_bytes=max_body_bytes, parallel=parallel)
+                         api_key=api_key, max_body_bytes=max_body_bytes, parallel=parallel, from_scratch=from_scratch)
     shown = f"[{host}]" if ":" in host else host
     notes = [n for n, on in (("API key required", api_key), ("prompt cache on", prompt_cache),
+                             ("every prompt prefilled from scratch", from_scratch),
                                  (f"{parallel} slots × {server.engine.threads_per_slot} threads", parallel > 1)) if on]
     print(f"serving {model_path} at http://{shown}:{port}/v1" + (f" ({', '.join(notes)})" if notes else ""),
           flush=True)
@@ -704,7 +717,7 @@ def serve_gguf(path: str | Path, port: int | None = None, delay_ms: int = 0, n_c
                n_threads: int | None = None, ready_timeout: float = 120.0, *, prompt_cache: bool = False,
                host: str = "127.0.0.1", api_key_env: str | None = None,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, log: Path | None = None,
-               parallel: int = 1) -> Iterator[str]:
+               parallel: int = 1, from_scratch: bool = False) -> Iterator[str]:
     """Run `slmkit serve` on a GGUF in a subprocess; yields the base URL (http://127.0.0.1:PORT/v1).
 
     `n_threads=None` uses every core. Waits until /health answers, and always stops the server on exit (even
@@ -724,6 +737,7 @@ def serve_gguf(path: str | Path, port: int | None = None, delay_ms: int = 0, n_c
            "--delay-ms", str(delay_ms), "--n-ctx", str(n_ctx), "--threads", str(n_threads or default_threads()),
            "--max-body-bytes", str(max_body_bytes)]
     cmd += ["--prompt-cache"] if prompt_cache else []
+    cmd += ["--from-scratch"] if from_scratch else []
     cmd += ["--parallel", str(parallel)] if parallel != 1 else []
     cmd += ["--api-key-env", api_key_env] if api_key_env else []
     local = "127.0.0.1" if host in ("0.0.0.0", "") else ("[::1]" if host == "::" else
@@ -771,12 +785,14 @@ def _main(argv: list[str]) -> None:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--max-body-bytes", type=int, default=DEFAULT_MAX_BODY_BYTES)
     ap.add_argument("--prompt-cache", action="store_true")
+    ap.add_argument("--from-scratch", action="store_true")
     ap.add_argument("--api-key-env", default=None)
     ap.add_argument("--parallel", type=int, default=1)
     a = ap.parse_args(argv)
     try:
         serve_forever(a.model, a.port, a.delay_ms, a.n_ctx, a.threads or None, host=a.host,
-                      prompt_cache=a.prompt_cache, api_key_env=a.api_key_env, max_body_bytes=a.max_body_bytes, parallel=a.parallel)
+                      prompt_cache=a.prompt_cache, api_key_env=a.api_key_env, max_body_bytes=a.max_body_bytes,
+                      parallel=a.parallel, from_scratch=a.from_scratch)
     except SlmkitError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(exc.exit_code)
