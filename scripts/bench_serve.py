@@ -3,18 +3,21 @@ Writes bench-results/serve.json.
 
 streaming: the same greedy request sent plain and streamed, alternately. A server that flushes each piece
   shows a first token far earlier than the end of the answer; one that buffered would show TTFT ≈ end-to-end.
-prompt_cache: two servers loaded at once, one with the default (every prompt prefilled from scratch) and one
-  with `--prompt-cache`, asked the same few-shot ticket-extraction items (a long shared prefix, as bench's
-  few-shot targets send) interleaved item by item, A B then B A, so both sides are timed under the same load.
-  Reports TTFT per side, their ratio taken pair by pair, the prompt tokens each side took from a cache, and
-  whether each side gave every item the same answer in a second pass in reverse order.
+prompt_cache: three servers loaded at once, `--from-scratch` (every prompt prefilled whole), the default
+  (whole prefill batches of the shared prefix reused) and `--prompt-cache` (every cached token reused), asked
+  the same few-shot ticket-extraction items (a long shared prefix, as bench's few-shot targets and distill's
+  teacher send) interleaved item by item, the order of the sides rotating, so all are timed under the same
+  load. Reports TTFT per side, each reusing side's ratio to from-scratch taken pair by pair, the prompt tokens
+  each took from a cache, how many answers equal from-scratch's, and whether each side gave every item the same
+  answer in a second pass in reverse order.
 
-  python scripts/bench_serve.py [--requests 8] [--max-tokens 64] [--items 12] [--shots 4] [--threads N]
+  python scripts/bench_serve.py [--requests 8] [--max-tokens 64] [--items 12] [--shots 8] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -98,28 +101,31 @@ def few_shot_items(n_items: int, n_shots: int) -> list[list[dict]]:
     return [prefix + [{"role": "user", "content": item}] for item in items[:n_items]]
 
 
+# The three things a server can keep between requests (pipelines/backends/prefix_reuse.py), as serve_gguf options.
+REUSE_SIDES = {"from_scratch": {"from_scratch": True}, "aligned": {}, "prompt_cache": {"prompt_cache": True}}
+
+
 def bench_prompt_cache(a, console: Console) -> dict:
     items = few_shot_items(a.items, a.shots)
-    sides = {"no_cache": False, "prompt_cache": True}
+    sides = list(REUSE_SIDES)
     runs: dict[str, dict[int, list[dict]]] = {side: {i: [] for i in range(len(items))} for side in sides}
-    with serve_gguf(GGUF, n_threads=a.threads, n_ctx=a.n_ctx) as off, \
-            serve_gguf(GGUF, n_threads=a.threads, n_ctx=a.n_ctx, prompt_cache=True) as on:
-        bases = {"no_cache": off, "prompt_cache": on}
+    with contextlib.ExitStack() as stack:
+        bases = {side: stack.enter_context(serve_gguf(GGUF, n_threads=a.threads, n_ctx=a.n_ctx, **opts))
+                 for side, opts in REUSE_SIDES.items()}
         warm = {"messages": items[0], "max_tokens": 1, "temperature": 0}
         for base in bases.values():
             plain(base, warm)
-        # Two passes, the second in reverse order; within an item the side asked first alternates.
+        # Two passes, the second in reverse order; within an item the order of the sides rotates, so every side
+        # is timed first, second and third equally often, under the same load.
         order = [(pass_no, i) for pass_no in (0, 1) for i in (range(len(items)) if pass_no == 0
                                                                else reversed(range(len(items))))]
-        for k, (_, i) in enumerate(track(order, description="prompt cache A/B", console=console)):
+        for k, (_, i) in enumerate(track(order, description="prefix reuse A/B/C", console=console)):
             body = {"messages": items[i], "max_tokens": a.cache_max_tokens, "temperature": 0}
-            for side in (sides if k % 2 == 0 else reversed(list(sides))):
+            for side in sides[k % 3:] + sides[:k % 3]:
                 runs[side][i].append(streamed(bases[side], body))
-    pairs = [(runs["no_cache"][i][j], runs["prompt_cache"][i][j]) for i in runs["no_cache"] for j in (0, 1)]
-    # The first request to the cached server has nothing to reuse; pairs after it show the steady state.
-    ratios = [c["ttft_s"] / n["ttft_s"] for n, c in pairs if c["cached_tokens"] > 0]
     out = {"items": len(items), "shots": a.shots, "max_tokens": a.cache_max_tokens, "n_ctx": a.n_ctx,
-           "prompt_tokens_p50": statistics.median(r["prompt_tokens"] for r, _ in pairs)}
+           "prompt_tokens_p50": statistics.median(r["prompt_tokens"] for i in runs["from_scratch"]
+                                                  for r in runs["from_scratch"][i])}
     for side in sides:
         flat = [r for i in runs[side] for r in runs[side][i]]
         out[side] = {
@@ -129,10 +135,15 @@ def bench_prompt_cache(a, console: Console) -> dict:
             "same_answer_in_reverse_order": sum(runs[side][i][0]["text"] == runs[side][i][1]["text"]
                                                 for i in runs[side]),
         }
-    out["ttft_ratio_cache_over_no_cache_p50"] = round(statistics.median(ratios), 3) if ratios else None
-    out["ratio_pairs"] = len(ratios)
-    out["answers_same_across_sides"] = sum(n["text"] == c["text"] for n, c in pairs)
-    out["pairs"] = len(pairs)
+        if side == "from_scratch":
+            continue
+        pairs = [(runs["from_scratch"][i][j], runs[side][i][j]) for i in runs[side] for j in (0, 1)]
+        # A side's first request has nothing to reuse; the pairs after it show the steady state.
+        ratios = [c["ttft_s"] / n["ttft_s"] for n, c in pairs if c["cached_tokens"] > 0]
+        out[side]["ttft_ratio_over_from_scratch_p50"] = round(statistics.median(ratios), 3) if ratios else None
+        out[side]["ratio_pairs"] = len(ratios)
+        out[side]["answers_same_as_from_scratch"] = sum(n["text"] == c["text"] for n, c in pairs)
+        out[side]["pairs"] = len(pairs)
     return out
 
 
@@ -141,7 +152,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=8, help="streaming: plain/streamed pairs")
     ap.add_argument("--max-tokens", type=int, default=64, help="streaming: tokens per answer")
     ap.add_argument("--items", type=int, default=12, help="prompt cache: ticket items, each asked twice per side")
-    ap.add_argument("--shots", type=int, default=4, help="prompt cache: few-shot examples before each item")
+    ap.add_argument("--shots", type=int, default=8, help="prompt cache: few-shot examples before each item")
     ap.add_argument("--cache-max-tokens", type=int, default=16, help="prompt cache: tokens per answer")
     ap.add_argument("--n-ctx", type=int, default=4096)
     ap.add_argument("--threads", type=int, default=None)
