@@ -108,3 +108,82 @@ def test_modes_exclude_each_other():
     assert prefix_reuse_mode(False, True) == "none"
     with pytest.raises(ValueError, match="exclude each other"):
         prefix_reuse_mode(True, True)
+
+
+def _first_eval_positions(client) -> list[int]:
+    """Where each request's first eval starts, as the client's context stands when its prompt is evaluated."""
+    starts: list[int] = []
+    state = {"first": False}
+
+    def watch_generate(generate):
+        def watched(tokens, *args, **kwargs):
+            state["first"] = True
+            return (yield from generate(tokens, *args, **kwargs))
+        return watched
+
+    def watch_eval(evaluate):
+        def watched(tokens):
+            if state["first"]:
+                starts.append(llama_adapter.position(client.llm))
+                state["first"] = False
+            return evaluate(tokens)
+        return watched
+
+    llama_adapter.wrap_method(client.llm, "eval", watch_eval)
+    llama_adapter.wrap_method(client.llm, "generate", watch_generate)
+    return starts
+
+
+@pytest.mark.parametrize("from_scratch, reused", [(False, True), (True, False)])
+def test_the_gguf_client_keeps_a_shared_prefix_unless_told_to_start_from_scratch(tiny_gguf, from_scratch, reused):
+    from slmkit.pipelines.backends.base import ClientSpec, Request
+    from slmkit.pipelines.backends.gguf_client import GGUFClient
+
+    client = GGUFClient(ClientSpec(kind="gguf", location=str(tiny_gguf), api="completions", n_ctx=1024,
+                                   n_threads=1, from_scratch=from_scratch))
+    try:
+        starts = _first_eval_positions(client)
+        long_prefix = SHARED * 4  # more than one 512-token batch: something a reusing client keeps
+        texts = [client.complete(Request([{"role": "user", "content": long_prefix + e}], max_tokens=4)).text
+                 for e in ENDINGS[:2] + ENDINGS[:1]]
+    finally:
+        client.close()
+    assert starts[0] == 0
+    assert all(s > 512 for s in starts[1:]) if reused else starts == [0, 0, 0]
+    assert texts[0] == texts[2]  # the same request, the same answer, either way
+
+
+def test_prompt_cache_and_from_scratch_together_are_refused_naming_the_keys(tiny_gguf):
+    from slmkit.pipelines.backends.base import ClientSpec
+    from slmkit.pipelines.backends.gguf_client import GGUFClient
+    from slmkit.pipelines.bench.targets import TargetConfig
+    from slmkit.pipelines.core.errors import SlmkitError
+
+    with pytest.raises(SlmkitError, match="bench target 'x'.*exclude each other"):
+        GGUFClient(ClientSpec(kind="gguf", location=str(tiny_gguf), where="bench target 'x'", n_ctx=256,
+                              prompt_cache=True, from_scratch=True))
+    with pytest.raises(ValueError, match="`prompt_cache`.*`from_scratch`.*exclude each other"):
+        TargetConfig(kind="gguf", model="smollm2-135m-instruct", prompt_cache=True, from_scratch=True)
+    with pytest.raises(ValueError, match="for gguf targets and `serve` targets"):
+        TargetConfig(kind="openai", model="m", base_url="http://127.0.0.1:9/v1", from_scratch=True)
+
+
+def test_a_served_bench_target_passes_its_reuse_choice_to_the_server(monkeypatch):
+    import contextlib
+
+    from slmkit.pipelines import bench
+    from slmkit.pipelines.bench.targets import TargetConfig
+    from slmkit.pipelines.serving import local_endpoint
+
+    seen: dict = {}
+
+    @contextlib.contextmanager
+    def fake_endpoint(serve, **kwargs):
+        seen.update(kwargs, serve=serve)
+        yield "http://127.0.0.1:9/v1", "stub"
+
+    monkeypatch.setattr(local_endpoint, "local_endpoint", fake_endpoint)
+    spec = TargetConfig(kind="openai", serve="gemma3-270m", api="completions", from_scratch=True)
+    with bench.ready(spec, None) as (target, facts):
+        assert target.from_scratch and facts["served"]["model"] == "gemma3-270m"
+    assert seen["serve"] == "gemma3-270m" and seen["from_scratch"] is True and seen["prompt_cache"] is False

@@ -166,7 +166,8 @@ def _client(target, label: str):
 
     return make_client(ClientSpec(kind=target.kind, location=target.location, model=target.model, api=target.api,
                                   where=f"agent target '{label}'", n_ctx=target.n_ctx, n_threads=target.n_threads,
-                                  prompt_cache=target.prompt_cache, timeout=target.timeout,
+                                  prompt_cache=target.prompt_cache, from_scratch=target.from_scratch,
+                                  timeout=target.timeout,
                                   api_key_env=target.api_key_env,
                                   tokenizer=target.tokenizer), NO_RETRY)
 

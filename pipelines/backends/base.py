@@ -68,6 +68,7 @@ class ClientSpec:
     n_ctx: int | None = None
     n_threads: int | None = None
     prompt_cache: bool = False  # gguf: reuse every cached token of a shared prompt prefix (default: whole batches)
+    from_scratch: bool = False  # gguf: prefill every prompt whole, reusing no KV at all
     timeout: float = 60.0
     api_key_env: str | None = None
     tokenizer: str | None = None  # endpoint: count tokens with this when the server reports no usage

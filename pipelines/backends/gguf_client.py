@@ -4,7 +4,8 @@ A request reuses the previous one's KV cache only in whole prefill batches of th
 (pipelines/backends/prefix_reuse.py), which evaluates every batch exactly as a prefill from scratch would: the
 same request gets the same answer whatever came before, and a long shared prefix (few-shot examples) is
 computed once. `prompt_cache` opts into llama-cpp-python's own cache of every common token, where a prefill of
-another batch shape rounds differently and a greedy answer can depend on the requests before it.
+another batch shape rounds differently and a greedy answer can depend on the requests before it;
+`from_scratch` prefills every prompt whole.
 
 Streamed requests use llama-cpp-python's own stream (the time of the first piece of text is what a user of it
 sees); plain ones its plain call. The prompt's token count is the length of the exact token list llama.cpp
@@ -25,7 +26,7 @@ import time
 
 from slmkit.pipelines.backends import llama_adapter
 from slmkit.pipelines.backends.base import ClientSpec, Completion, Request, completion_prompt
-from slmkit.pipelines.backends.prefix_reuse import reuse_aligned_prefix
+from slmkit.pipelines.backends.prefix_reuse import prefix_reuse_mode, reuse_aligned_prefix
 from slmkit.pipelines.backends.registry import register
 from slmkit.pipelines.backends.retry import NO_RETRY, RetryPolicy
 from slmkit.pipelines.core.defaults import N_CTX
@@ -92,7 +93,11 @@ class GGUFClient:
             return counted_generate
 
         llama_adapter.wrap_method(self.llm, "generate", counted)
-        if not spec.prompt_cache:
+        try:
+            self._reuse = prefix_reuse_mode(spec.prompt_cache, spec.from_scratch)
+        except ValueError as exc:
+            raise SlmkitError(f"{spec.where}: {exc}") from None
+        if self._reuse == "aligned":
             reuse_aligned_prefix(self.llm)
 
     def _token_logprobs(self, tok: int, k: int) -> dict[str, float]:
@@ -126,6 +131,8 @@ class GGUFClient:
             except ValueError as exc:
                 raise SlmkitError(str(exc)) from None
         with self._lock:
+            if self._reuse == "none":
+                self.llm.reset()
             self._top_k, self._logprobs = request.logprobs, []
             try:
                 return self._complete(request, call, whole, piece_of, kw)

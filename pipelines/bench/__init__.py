@@ -133,12 +133,14 @@ def ready(spec: TargetConfig, ctx: StageContext) -> Iterator[tuple[Target, dict]
         (load_few_shot(spec.few_shot) if spec.few_shot else [])
     common = dict(label=spec.default_label(), kind=spec.kind, api=spec.api, messages_prefix=prefix,
                   n_threads=spec.n_threads, n_ctx=spec.n_ctx, prompt_cache=spec.prompt_cache,
+                  from_scratch=spec.from_scratch,
                   api_key_env=spec.api_key_env, tokenizer=spec.tokenizer, timeout=spec.timeout)
     facts: dict[str, Any] = {"api": spec.api, "few_shot_turns": len(prefix) // 2}
     if spec.kind == "openai" and spec.serve:
         from slmkit.pipelines.serving.local_endpoint import local_endpoint
 
-        with local_endpoint(spec.serve, delay_ms=spec.delay_ms, n_threads=spec.n_threads) as (base_url, model_id):
+        with local_endpoint(spec.serve, delay_ms=spec.delay_ms, n_threads=spec.n_threads,
+                            prompt_cache=spec.prompt_cache, from_scratch=spec.from_scratch) as (base_url, model_id):
             facts["served"] = {"model": spec.serve, "delay_ms": spec.delay_ms, "host": "127.0.0.1"}
             yield Target(location=base_url, model=spec.model or model_id, **common), facts
         return

@@ -54,6 +54,10 @@ class TargetConfig(StrictModel):
                                                   "whole prefill batches are reused): a prefill of another shape "
                                                   "rounds differently, so with it the same request can get another "
                                                   "greedy answer depending on what came before")
+    from_scratch: bool = Field(False, description="gguf and `serve` targets: prefill every prompt whole, reusing "
+                                                  "no KV (the default reuses whole prefill batches of a prefix "
+                                                  "shared with the previous request: the same answers, a lower "
+                                                  "time to first token for prompts with a long shared prefix)")
     price_input_per_1m: float | None = Field(None, ge=0, description="endpoint: USD per 1M prompt tokens")
     price_output_per_1m: float | None = Field(None, ge=0, description="endpoint: USD per 1M completion tokens")
     tokenizer: str | None = Field(None, description="endpoint: count tokens with this (HF folder, known model "
@@ -72,6 +76,12 @@ class TargetConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.prompt_cache and self.from_scratch:
+            raise ValueError("`prompt_cache` (reuse every cached token) and `from_scratch` (reuse none) exclude "
+                             "each other")
+        if self.kind == "openai" and not self.serve and (self.prompt_cache or self.from_scratch):
+            raise ValueError("`prompt_cache` and `from_scratch` are for gguf targets and `serve` targets (an "
+                             "endpoint's server decides what it keeps)")
         if self.kind == "openai":
             if self.path is not None:
                 raise ValueError("an openai target has no `path` (use `model` and `base_url` or `serve`)")
@@ -129,6 +139,7 @@ class Target:
     tokenizer: str | None
     timeout: float
     prompt_cache: bool = False
+    from_scratch: bool = False
     per_endpoint: int | None = None  # a pool: requests in flight at one endpoint at most
     logprobs: bool = False  # record each answer token's log-probability (route's confidence signals)
 
@@ -147,7 +158,8 @@ class Reply:
 def client_spec(target: Target) -> ClientSpec:
     return ClientSpec(kind=target.kind, location=target.location, model=target.model, api=target.api,
                       where=f"bench target '{target.label}'", n_ctx=target.n_ctx, n_threads=target.n_threads,
-                      prompt_cache=target.prompt_cache, timeout=target.timeout, api_key_env=target.api_key_env,
+                      prompt_cache=target.prompt_cache, from_scratch=target.from_scratch, timeout=target.timeout,
+                      api_key_env=target.api_key_env,
                       tokenizer=target.tokenizer, per_endpoint=target.per_endpoint)
 
 

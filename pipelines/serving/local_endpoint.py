@@ -45,14 +45,16 @@ def _export(serve: str, target: Path) -> None:
 
 @contextlib.contextmanager
 def local_endpoint(serve: str, delay_ms: int = 0, n_threads: int | None = None,
-                   n_ctx: int = N_CTX["bench"], prompt_cache: bool = False) -> Iterator[tuple[str, str]]:
+                   n_ctx: int = N_CTX["bench"], prompt_cache: bool = False,
+                   from_scratch: bool = False) -> Iterator[tuple[str, str]]:
     """Serve `serve` on 127.0.0.1 while the block runs; yields (base_url, model_id).
 
-    `prompt_cache=True` keeps the KV cache of the shared prompt prefix between requests (`slmkit serve
-    --prompt-cache`): faster for few-shot prompts, but an answer may then depend on the requests before it."""
+    What the server keeps between requests is `slmkit serve`'s choice (pipelines/backends/prefix_reuse.py):
+    whole prefill batches of a shared prefix by default; `prompt_cache=True` every cached token (an answer may
+    then depend on the requests before it); `from_scratch=True` nothing."""
     from slmkit.pipelines.serving.server import serve_gguf
 
     path = served_gguf(serve)
     with serve_gguf(path, delay_ms=delay_ms, n_ctx=n_ctx, n_threads=n_threads,
-                    prompt_cache=prompt_cache) as base_url:
+                    prompt_cache=prompt_cache, from_scratch=from_scratch) as base_url:
         yield base_url, path.stem
