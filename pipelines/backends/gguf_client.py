@@ -24,9 +24,8 @@ import json
 import threading
 import time
 
-from slmkit.pipelines.backends import llama_adapter
+from slmkit.pipelines.backends import llama_adapter, prefix_reuse
 from slmkit.pipelines.backends.base import ClientSpec, Completion, Request, completion_prompt
-from slmkit.pipelines.backends.prefix_reuse import prefix_reuse_mode, reuse_aligned_prefix
 from slmkit.pipelines.backends.registry import register
 from slmkit.pipelines.backends.retry import NO_RETRY, RetryPolicy
 from slmkit.pipelines.core.defaults import N_CTX
@@ -94,11 +93,10 @@ class GGUFClient:
 
         llama_adapter.wrap_method(self.llm, "generate", counted)
         try:
-            self._reuse = prefix_reuse_mode(spec.prompt_cache, spec.from_scratch)
+            self._before_request = prefix_reuse.install(
+                self.llm, prefix_reuse.prefix_reuse_mode(spec.prompt_cache, spec.from_scratch))
         except ValueError as exc:
             raise SlmkitError(f"{spec.where}: {exc}") from None
-        if self._reuse == "aligned":
-            reuse_aligned_prefix(self.llm)
 
     def _token_logprobs(self, tok: int, k: int) -> dict[str, float]:
         """The sampled token's log-probability under the model (before any sampler), then the k-1 likeliest
@@ -131,8 +129,7 @@ class GGUFClient:
             except ValueError as exc:
                 raise SlmkitError(str(exc)) from None
         with self._lock:
-            if self._reuse == "none":
-                self.llm.reset()
+            self._before_request()
             self._top_k, self._logprobs = request.logprobs, []
             try:
                 return self._complete(request, call, whole, piece_of, kw)

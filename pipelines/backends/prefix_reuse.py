@@ -20,6 +20,8 @@ token and accept answers that depend on request order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from slmkit.pipelines.backends import llama_adapter
 
 
@@ -72,5 +74,17 @@ def prefix_reuse_mode(prompt_cache: bool, from_scratch: bool) -> str:
     same answers as from scratch), 'all' (llama-cpp-python's exact-prefix cache: every common token, answers
     that may depend on order) or 'none' (every prompt prefilled from scratch)."""
     if prompt_cache and from_scratch:
-        raise ValueError("prompt_cache (reuse every cached token) and from_scratch (reuse none) exclude each other")
+        raise ValueError("`prompt_cache` (reuse every cached token) and `from_scratch` (reuse none) exclude each other")
     return "all" if prompt_cache else "none" if from_scratch else "aligned"
+
+
+def install(llm, mode: str) -> Callable[[], None]:
+    """Set one context up for `mode` (a prefix_reuse_mode); returns what its owner calls before each request:
+    a reset for 'none', nothing otherwise ('aligned' rewinds inside eval, 'all' is llama-cpp-python's own)."""
+    if mode == "aligned":
+        reuse_aligned_prefix(llm)
+    return llm.reset if mode == "none" else _keep
+
+
+def _keep() -> None:
+    """Before a request under 'aligned' or 'all': the KV stays for the reuse rule to use."""

@@ -19,6 +19,7 @@ from pydantic import ConfigDict, Field, model_validator
 from slmkit.pipelines import backends
 from slmkit.pipelines.backends import NO_RETRY, ClientSpec, Request
 from slmkit.pipelines.backends.pool import BaseURL
+from slmkit.pipelines.backends.prefix_reuse import prefix_reuse_mode
 from slmkit.pipelines.core import secrets
 from slmkit.pipelines.core.defaults import N_CTX
 from slmkit.pipelines.core.types import InputPath, StrictModel
@@ -76,9 +77,7 @@ class TargetConfig(StrictModel):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if self.prompt_cache and self.from_scratch:
-            raise ValueError("`prompt_cache` (reuse every cached token) and `from_scratch` (reuse none) exclude "
-                             "each other")
+        prefix_reuse_mode(self.prompt_cache, self.from_scratch)  # the two exclude each other: a ValueError here
         if self.kind == "openai" and not self.serve and (self.prompt_cache or self.from_scratch):
             raise ValueError("`prompt_cache` and `from_scratch` are for gguf targets and `serve` targets (an "
                              "endpoint's server decides what it keeps)")

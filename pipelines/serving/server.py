@@ -57,8 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slmkit.pipelines.backends import llama_adapter
-from slmkit.pipelines.backends.prefix_reuse import prefix_reuse_mode, reuse_aligned_prefix
+from slmkit.pipelines.backends import llama_adapter, prefix_reuse
 from slmkit.pipelines.core.defaults import N_CTX
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.serving.requests import ApiError, ChatRequest, CompletionRequest, error_body, parse
@@ -184,14 +183,8 @@ class _Slot:
         self.index, self.llm = index, llm
         self.hooks = LlamaHooks(llm)
         self.lock = threading.Lock()
-        self.reuse = reuse
-        if reuse == "aligned":
-            reuse_aligned_prefix(llm)
-
-    def prepare(self) -> None:
-        """Before a request: prefill from scratch, or leave the KV to the reuse rule in force."""
-        if self.reuse == "none":
-            self.llm.reset()
+        # Before a request: a reset where every prompt is prefilled whole, else the KV is left to the reuse rule.
+        self.prepare = prefix_reuse.install(llm, reuse)
 
 
 class _Ticket:
@@ -255,7 +248,10 @@ class Engine:
                  prompt_cache: bool = False, parallel: int = 1, from_scratch: bool = False) -> None:
         check_parallel(parallel)
         threads = threads_per_slot(n_threads, parallel)
-        self.reuse = prefix_reuse_mode(prompt_cache, from_scratch)
+        try:
+            self.reuse = prefix_reuse.prefix_reuse_mode(prompt_cache, from_scratch)
+        except ValueError as exc:
+            raise SlmkitError(f"slmkit serve: {exc}") from None
         self.slots = [_Slot(i, llama_adapter.open_llama(model_path, n_ctx, threads, what="slmkit serve"), self.reuse)
                       for i in range(parallel)]
         self.pool = SlotPool(self.slots)
@@ -264,7 +260,6 @@ class Engine:
         self.llm, self.hooks, self.lock = first.llm, first.hooks, first.lock
         self.model_id = Path(model_path).stem
         self.n_ctx = self.llm.n_ctx()
-        self.prompt_cache = prompt_cache
         self.stopping = threading.Event()  # the server is shutting down: every generation stops at its next token
         # No token is longer than this, so a text of n_ctx × this many bytes is too long without tokenising it.
         self._max_token_bytes = llama_adapter.longest_token_bytes(self.llm)
