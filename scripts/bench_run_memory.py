@@ -8,6 +8,13 @@ from the machine at that moment, with pages two processes share (the model files
 A single process's peak RSS (`/usr/bin/time -v`) misses the servers and workers beside it and counts shared
 pages in full. Samples every 0.5 s (--interval); the stage of a sample is the last stage header the run printed.
 The run's output goes to this script's stdout as it comes.
+
+A run already going (a CI job, a demo started by hand) can be measured from where it stands instead:
+
+    python scripts/bench_run_memory.py --out demo_memory.json --attach PID --log run.log
+
+samples PID's process tree until PID exits, taking stage headers from the lines appended to run.log after
+attaching (its exit code is then unknown: `exit_code` is null).
 """
 
 from __future__ import annotations
@@ -68,18 +75,28 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True, help="JSON file to write")
     ap.add_argument("--interval", type=float, default=0.5, help="seconds between samples")
     ap.add_argument("--goal-mb", type=float, default=2500, help="the peak the run should stay under (reported)")
+    ap.add_argument("--attach", type=int, metavar="PID", help="measure this running process's tree instead")
+    ap.add_argument("--log", type=Path, help="with --attach: the file the run writes its output to")
     ap.add_argument("command", nargs=argparse.REMAINDER, help="the run to measure, after --")
     args = ap.parse_args()
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
-    if not cmd:
-        ap.error("give the command to measure after --")
+    if bool(cmd) == bool(args.attach):
+        ap.error("give either the command to measure after --, or --attach PID")
+    if args.attach and not args.log:
+        ap.error("--attach needs --log, the file the run writes to (its stage headers name the stages)")
 
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
-    sampler = Sampler(psutil.Process(proc.pid), args.interval)
+    if args.attach:
+        root = psutil.Process(args.attach)
+        cmd = root.cmdline()
+        lines, done = _follow(args.log, root), None
+    else:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+        root, lines, done = psutil.Process(proc.pid), proc.stdout, proc.wait
+    sampler = Sampler(root, args.interval)
     thread = threading.Thread(target=sampler.loop, daemon=True)
     thread.start()
     try:
-        for line in proc.stdout:
+        for line in lines:
             sys.stdout.write(line)
             sys.stdout.flush()
             m = STAGE_RULE.match(line.strip())
@@ -87,7 +104,7 @@ def main() -> None:
                 sampler.stage = m.group(1)
     except KeyboardInterrupt:  # Ctrl-C reaches the run too (same process group); wait for it to stop cleanly
         pass
-    rc = proc.wait()
+    rc = done() if done else None
     sampler.stop.set()
     thread.join()
     for st in sampler.stages.values():
@@ -103,6 +120,31 @@ def main() -> None:
           f"{sampler.peak.get('stage')}; per stage: " + ", ".join(
               f"{k} {v['peak_total_pss_mb']:.0f}" for k, v in sampler.stages.items()) + f"  → {args.out}")
     sys.exit(rc)
+
+
+def _follow(log: Path, proc: psutil.Process):
+    """The lines appended to `log` from now on, until `proc` has exited and the file has no more."""
+    pending = ""  # a line the run has not finished writing yet
+    with log.open(encoding="utf-8", errors="replace") as f:
+        f.seek(0, 2)
+        while True:
+            pending += f.readline()
+            if pending.endswith("\n"):
+                yield pending
+                pending = ""
+            elif _alive(proc):
+                time.sleep(0.5)
+            else:
+                if pending:
+                    yield pending
+                return
+
+
+def _alive(proc: psutil.Process) -> bool:
+    try:
+        return proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 if __name__ == "__main__":

@@ -28,3 +28,12 @@ def test_a_child_and_its_pages_are_counted():
         child.stdin.close()
         child.wait(timeout=30)
     assert child.pid not in {r.pid for r in tree_memory(psutil.Process())}, "an ended child is not read"
+
+
+def test_a_root_that_has_gone_reads_as_nothing():
+    """An attached benchmark (bench_run_memory --attach) keeps sampling a run it did not start until the run
+    exits; the sample after that finds nothing instead of raising in the sampler's thread."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    watched = psutil.Process(child.pid)
+    child.wait(timeout=30)
+    assert tree_memory(watched) == []

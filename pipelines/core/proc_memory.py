@@ -19,9 +19,14 @@ class ProcMemory(NamedTuple):
 
 
 def tree_memory(root: psutil.Process) -> list[ProcMemory]:
-    """`root` and every descendant now; a process that exits while it is read is left out."""
+    """`root` and every descendant now; a process that exits while it is read is left out (all of them, once
+    `root` itself has gone: nothing is left to walk from)."""
+    try:
+        tree = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
     rows = []
-    for p in [root, *root.children(recursive=True)]:
+    for p in tree:
         try:
             with p.oneshot():
                 info = p.memory_full_info()
