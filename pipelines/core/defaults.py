@@ -31,3 +31,12 @@ N_CTX = {
     # lm-eval's GGUF scorer (logits_all: n_ctx x vocabulary floats); capped at the model's trained context.
     "lm_eval": 1024,
 }
+
+# Prefill batch (llama.cpp's n_batch and n_ubatch) of the contexts that answer requests: `slmkit serve`, a served
+# teacher or baseline, and the in-process GGUF client. A prompt is prefilled in batches of this many tokens, and
+# a shared prefix is reused only in whole batches (pipelines/backends/prefix_reuse.py), so the batch is also the
+# reuse granularity: behind the demo's 8-shot prefix (~1,440 shared tokens of ~1,500) a 512-token batch reuses
+# 1,024 and prefills ~480 tokens per request, a 128-token batch reuses 1,408 and prefills ~100. A prefill from
+# scratch of 1,600 tokens costs about the same at 256 or 512 and ~15% more at 128 (Gemma 3 270M F16, 2 threads,
+# AVX2 machine); llama.cpp's own default is 512.
+PREFILL_BATCH = 128
