@@ -40,6 +40,9 @@ def both(config: dict, tmp_path: Path) -> dict[str, dict]:
     return out
 
 
+# Two minutes of CI on the slow machine for what the test below already checks on a pile with every filter family;
+# the demo's own filters on Ray stay covered in `make test-slow`.
+@pytest.mark.slow
 def test_the_demo_recipe_curates_the_same_on_ray(tmp_path):
     section = load_recipe("demo").curate.model_dump(mode="json", exclude={"executor"})
     out = both(section, tmp_path)
