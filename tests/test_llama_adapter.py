@@ -41,6 +41,19 @@ def test_open_llama_loads_on_the_cpu_and_names_a_missing_file(llm, tmp_path):
         llama_adapter.open_llama(bad, 256)
 
 
+def test_a_llama_for_requests_prefills_in_prefill_batches(tiny_gguf):
+    # serve's slots and the in-process GGUF client reuse a shared prefix only in whole prefill batches, so both
+    # must open their contexts with the same batch (llama.cpp's own default is 512)
+    from slmkit.pipelines.core.defaults import PREFILL_BATCH
+
+    model = llama_adapter.open_for_requests(tiny_gguf, 256, 1)
+    try:
+        assert model.n_batch == PREFILL_BATCH != 512
+        assert model.context_params.n_ubatch == PREFILL_BATCH
+    finally:
+        model.close()
+
+
 def test_n_ctx_train_is_the_models_own(llm, tiny_model_dir):
     config = json.loads((tiny_model_dir / "config.json").read_text())
     assert llama_adapter.n_ctx_train(llm) == config["max_position_embeddings"]

@@ -28,7 +28,7 @@ from slmkit.pipelines.backends import llama_adapter, prefix_reuse
 from slmkit.pipelines.backends.base import ClientSpec, Completion, Request, completion_prompt
 from slmkit.pipelines.backends.registry import register
 from slmkit.pipelines.backends.retry import NO_RETRY, RetryPolicy
-from slmkit.pipelines.core.defaults import N_CTX, PREFILL_BATCH
+from slmkit.pipelines.core.defaults import N_CTX
 from slmkit.pipelines.core.errors import SlmkitError
 
 DEFAULT_N_CTX = N_CTX["bench"]  # the caller's ClientSpec usually says; see core/defaults.py
@@ -75,9 +75,8 @@ _APIS = {
 class GGUFClient:
     def __init__(self, spec: ClientSpec, policy: RetryPolicy = NO_RETRY, stop: threading.Event | None = None):
         self.spec = spec
-        self.llm = llama_adapter.open_llama(spec.location, n_ctx=spec.n_ctx or DEFAULT_N_CTX,
-                                            n_threads=spec.n_threads, what=spec.where,
-                                            n_batch=PREFILL_BATCH, n_ubatch=PREFILL_BATCH)
+        self.llm = llama_adapter.open_for_requests(spec.location, n_ctx=spec.n_ctx or DEFAULT_N_CTX,
+                                                   n_threads=spec.n_threads, what=spec.where)
         self._lock = threading.Lock()
         self._prompt_tokens = 0
         self._top_k: int | None = None  # log-probabilities asked for by the request in progress

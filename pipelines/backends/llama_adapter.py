@@ -39,6 +39,14 @@ def open_llama(path: str | Path, n_ctx: int, n_threads: int | None = None, *, lo
         raise SlmkitError(f"{what}: llama.cpp could not load {path}: {exc}") from None
 
 
+def open_for_requests(path: str | Path, n_ctx: int, n_threads: int | None = None, *, what: str = "llama.cpp"):
+    """A Llama that answers requests (serve's slots, the in-process GGUF client): prompts prefilled in batches of
+    PREFILL_BATCH tokens, which is also how finely a shared prefix is reused (pipelines/core/defaults.py)."""
+    from slmkit.pipelines.core.defaults import PREFILL_BATCH
+
+    return open_llama(path, n_ctx, n_threads, what=what, n_batch=PREFILL_BATCH, n_ubatch=PREFILL_BATCH)
+
+
 def n_ctx_train(llm) -> int:
     """The context length the model was trained with (0 when the GGUF does not say)."""
     return int(llm._model.n_ctx_train())

@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Any
 
 from slmkit.pipelines.backends import llama_adapter, prefix_reuse
-from slmkit.pipelines.core.defaults import N_CTX, PREFILL_BATCH
+from slmkit.pipelines.core.defaults import N_CTX
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.serving.requests import ApiError, ChatRequest, CompletionRequest, error_body, parse
 from slmkit.pipelines.serving.token_stream import GenerationCancelled, LlamaHooks, TextPieces
@@ -252,8 +252,8 @@ class Engine:
             self.reuse = prefix_reuse.prefix_reuse_mode(prompt_cache, from_scratch)
         except ValueError as exc:
             raise SlmkitError(f"slmkit serve: {exc}") from None
-        self.slots = [_Slot(i, llama_adapter.open_llama(model_path, n_ctx, threads, what="slmkit serve",
-                                                           n_batch=PREFILL_BATCH, n_ubatch=PREFILL_BATCH), self.reuse)
+        self.slots = [_Slot(i, llama_adapter.open_for_requests(model_path, n_ctx, threads,
+                                                                  what="slmkit serve"), self.reuse)
                       for i in range(parallel)]
         self.pool = SlotPool(self.slots)
         self.threads_per_slot = threads
