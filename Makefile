@@ -112,8 +112,9 @@ bench-quantize: setup
 
 # 4-bit mixtures for rows K-quants cannot take (Q4_K_NL against llama.cpp's Q4_K_M and alternatives).
 # MODEL=runs/demo/04_merge/model measures the demo's own fine-tuned model; default: the shipped SmolLM2.
+# QM_ARGS="--model gemma3-270m --out bench-results/quant_mixture_gemma.json --only ..." for another model or a subset.
 bench-quant-mixture: setup
-	$(BIN)/python scripts/bench_quant_mixture.py $(if $(MODEL),--model $(MODEL))
+	$(BIN)/python scripts/bench_quant_mixture.py $(if $(MODEL),--model $(MODEL)) $(QM_ARGS)
 
 # Prefill time across prompt lengths and threads, the files interleaved (default: the demo's F16 and Q4_K_M).
 PREFILL_FILES ?= runs/demo/05_quantize/model-f16.gguf runs/demo/05_quantize/model-Q4_K_M.gguf

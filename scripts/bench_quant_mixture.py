@@ -3,11 +3,13 @@
   python scripts/bench_quant_mixture.py [--model DIR] [--threads 2] [--eval-tokens 2048]
 
 One F16 export of the model (default: the shipped SmolLM2-135M-Instruct; pass the demo's merged model,
-runs/demo/04_merge/model, to measure the demo's own file), one importance matrix from the shipped calibration
-text, then each variant quantised by llama.cpp's own quantiser and compared with the F16 on two held-out
-texts (the shipped English sample and the demo's evaluation tickets): file size against F16, bits per
-weight, mean / p99 KLD and top-1 agreement. Variants: llama.cpp's Q4_K_M (rows of 576 → Q5_0, embedding →
-Q8_0), slmkit's Q4_K_NL, and the alternatives it was chosen against, as per-tensor type rules.
+runs/demo/04_merge/model, to measure the demo's own file, or a known name such as gemma3-270m), one pass over
+the shipped calibration text for the matrices' input second moments (their diagonal is the importance matrix),
+then each variant quantised by llama.cpp's own quantiser and compared with the F16 on two held-out texts (the
+shipped English sample and the demo's evaluation tickets): file size against F16, bits per weight, mean / p99
+KLD and top-1 agreement. Variants: llama.cpp's Q4_K_M (rows of 576 → Q5_0, embedding → Q8_0), slmkit's
+Q4_K_NL as llama.cpp rounds it and with its IQ4_NL blocks rounded by GPTQ (pipelines/quantize/gptq.py; the
+chosen file), and the mixtures Q4_K_NL was chosen against, as per-tensor type rules.
 
 Speed (TTFT, decode) of the chosen file is bench's business (the demo's table); this script measures size
 and fidelity only, which do not depend on the machine's load.
@@ -46,20 +48,26 @@ def _rule(kv: str | None, fit256: str, fit32: str, embd: str | None = None):
     return rule
 
 
-# name → (what it is, rule); the mixtures slmkit's Q4_K_NL was chosen against.
+CHOSEN = "Q4_K_NL + GPTQ (slmkit)"
+# name → (what it is, rule, GPTQ); the mixtures slmkit's Q4_K_NL was chosen against.
 ALTERNATIVES = {
-    "all_IQ4_NL_embd_Q5_0": ("every row IQ4_NL or Q4_K, embedding Q5_0", _rule(None, "Q4_K", "IQ4_NL", "Q5_0")),
-    "all_Q4_0_embd_Q5_0": ("Q4_0 instead of IQ4_NL, embedding Q5_0", _rule(None, "Q4_K", "Q4_0", "Q5_0")),
-    "all_IQ4_NL_embd_Q8_0": ("every row IQ4_NL or Q4_K, embedding Q8_0", _rule(None, "Q4_K", "IQ4_NL", "Q8_0")),
-    "all_IQ4_NL": ("every row IQ4_NL or Q4_K, embedding too", _rule(None, "Q4_K", "IQ4_NL")),
+    "all_IQ4_NL_embd_Q5_0": ("every row IQ4_NL or Q4_K, embedding Q5_0", _rule(None, "Q4_K", "IQ4_NL", "Q5_0"), False),
+    "all_Q4_0_embd_Q5_0": ("Q4_0 instead of IQ4_NL, embedding Q5_0", _rule(None, "Q4_K", "Q4_0", "Q5_0"), False),
+    "all_IQ4_NL_embd_Q8_0": ("every row IQ4_NL or Q4_K, embedding Q8_0", _rule(None, "Q4_K", "IQ4_NL", "Q8_0"),
+                             False),
+    "all_IQ4_NL": ("every row IQ4_NL or Q4_K, embedding too", _rule(None, "Q4_K", "IQ4_NL"), False),
+    "embd_Q5_0_gptq": ("Q4_K_NL with a 5-bit (Q5_0) embedding, all 32-wide blocks by GPTQ",
+                       _rule("Q8_0", "Q4_K", "IQ4_NL", "Q5_0"), True),
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, default=None, help="HF folder (default: the shipped SmolLM2)")
+    ap.add_argument("--model", default=None, help="HF folder or known model name (default: the shipped SmolLM2)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-tokens", type=int, default=2048)
+    ap.add_argument("--only", nargs="+", default=None, metavar="LABEL",
+                    help="measure only these variants (labels as printed; the chosen one is always measured)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "quant_mixture.json")
     args = ap.parse_args(argv)
 
@@ -69,30 +77,40 @@ def main(argv: list[str] | None = None) -> int:
         HELDOUT_SAMPLE,
         gguf_export,
         gguf_quant,
+        gptq,
         read_text,
         retention,
     )
 
-    model_dir = Path(args.model) if args.model else Path(resolve("smollm2-135m-instruct"))
+    model_dir = Path(resolve(args.model or "smollm2-135m-instruct"))
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         f16 = gguf_export.export(model_dir, tmp / "model-f16.gguf", "f16").path
         f16_bytes = f16.stat().st_size
         calib = retention.token_chunks(model_dir, read_text(CALIB_SAMPLE), 4096, 512)
-        imatrix = gguf_quant.compute_imatrix(model_dir, calib)
+        moments = gptq.second_moments(model_dir, calib)  # its diagonal is the importance matrix: one pass
+        imatrix = gptq.importance(moments)
         texts = {"heldout_sample": read_text(HELDOUT_SAMPLE), "demo_tickets": read_text(TICKETS)}
         chunks = {k: retention.token_chunks(model_dir, v, args.eval_tokens, 512) for k, v in texts.items()}
 
-        variants = {"Q4_K_M (llama.cpp)": "Q4_K_M", "Q4_K_NL (slmkit)": "Q4_K_NL"}
-        for name, (_, rule) in ALTERNATIVES.items():
+        # label → (qtype, rounded with GPTQ's error compensation)
+        variants = {"Q4_K_M (llama.cpp)": ("Q4_K_M", False), "Q4_K_NL (slmkit)": ("Q4_K_NL", False),
+                    CHOSEN: ("Q4_K_NL", True)}
+        for name, (_, rule, with_gptq) in ALTERNATIVES.items():
             gguf_quant.QTYPES[name] = gguf_quant.QType(15, 32, rule)  # this script's own, never a recipe's
-            variants[name] = name
+            variants[name] = (name, with_gptq)
+        if args.only:
+            unknown = sorted(set(args.only) - set(variants))
+            if unknown:
+                ap.error(f"--only: unknown variant {', '.join(unknown)} (choose from {', '.join(variants)})")
+            variants = {k: v for k, v in variants.items() if k in args.only or k == CHOSEN}
         rows = {}
-        for label, qtype in variants.items():
+        for label, (qtype, with_gptq) in variants.items():
             t0 = time.perf_counter()
-            path = tmp / f"{qtype}.gguf"
-            info = gguf_quant.quantize(f16, path, qtype, imatrix, args.threads)
-            row = {"qtype": qtype, "bytes": info["bytes"], "size_ratio": round(info["bytes"] / f16_bytes, 4),
+            path = tmp / f"{qtype}{'-gptq' if with_gptq else ''}.gguf"
+            info = gguf_quant.quantize(f16, path, qtype, imatrix, args.threads, moments if with_gptq else None)
+            row = {"qtype": qtype, "gptq": with_gptq, "bytes": info["bytes"],
+                   "size_ratio": round(info["bytes"] / f16_bytes, 4),
                    "bits_per_weight": info["bits_per_weight"], "tensor_types": info["tensor_types"],
                    "quantise_s": round(time.perf_counter() - t0, 1)}
             for text, ch in chunks.items():
@@ -107,15 +125,15 @@ def main(argv: list[str] | None = None) -> int:
                 row[text] = {k: round(fig[k], 5) for k in ("tokens", "kld_mean", "kld_p99", "top1_agreement",
                                                             "ppl_ratio")}
             rows[label] = row
-            print(f"{label:28s} {row['size_ratio']:.3f}x F16  {row['bits_per_weight']:.2f} bpw  "
+            print(f"{label:36s} {row['size_ratio']:.3f}x F16  {row['bits_per_weight']:.2f} bpw  "
                   + "  ".join(f"{t}: KLD {row[t]['kld_mean']:.4f} top-1 {row[t]['top1_agreement']:.3f}"
                               for t in chunks), flush=True)
 
-    chosen = rows["Q4_K_NL (slmkit)"]
+    chosen = rows[CHOSEN]
     met = {"size_ratio": chosen["size_ratio"] <= GOAL["size_ratio_max"],
            "bits_per_weight": chosen["bits_per_weight"] <= GOAL["bits_per_weight_max"],
            "kld_mean": all(chosen[t]["kld_mean"] <= GOAL["kld_mean_max"] for t in chunks)}
-    result = {"model": str(model_dir), "f16_bytes": f16_bytes, "imatrix_tokens": sum(len(c) for c in calib),
+    result = {"model": str(model_dir), "f16_bytes": f16_bytes, "chosen": CHOSEN, "imatrix_tokens": sum(len(c) for c in calib),
               "texts": {k: str(v) for k, v in {"heldout_sample": HELDOUT_SAMPLE, "demo_tickets": TICKETS}.items()},
               "variants": rows, "alternatives": {k: v[0] for k, v in ALTERNATIVES.items()},
               "goal": GOAL, "goal_met": met,

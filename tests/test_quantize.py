@@ -230,3 +230,20 @@ def test_retention_frees_the_hf_model_before_the_quantised_files_open(model256, 
         for s in scorers.values():
             s.close()
     assert {k: got[k] for k in once} == once and once["Q4_K_M_vs_f16"]["kld_mean"] > 0
+
+
+def test_stage_with_gptq_rewrites_q4_k_nl_and_keeps_the_importance_matrix(tmp_path):
+    """quantize.gptq: one calibration pass gives the importance matrix (saved as before) and GPTQ's second
+    moments; Q4_K_NL's IQ4_NL blocks are rewritten, Q4_K_M is left as llama.cpp wrote it, and the report says so."""
+    small = tiny_llama(tmp_path / "small", vocab_size=320, hidden=64)
+    res = run_standalone("quantize", _config(small, qtypes=["Q4_K_NL", "Q4_K_M"], gptq=True), tmp_path / "out")
+    report = json.loads(res.output("report").read_text())
+    nl, k_m = report["quantized"]["Q4_K_NL"], report["quantized"]["Q4_K_M"]
+    assert nl["gptq"]["tensors"] == nl["tensor_types"]["IQ4_NL"] > 0 and nl["gptq"]["without_moments"] == []
+    assert "gptq" not in k_m
+    assert report["retention"]["Q4_K_NL_vs_f16"]["tokens"] > 0  # the rewritten file loads and is scored
+    with np.load(res.output("imatrix")) as saved:
+        assert saved["blk.0.attn_q.weight"].shape == (64,)
+    plain = run_standalone("quantize", _config(small, qtypes=["Q4_K_NL"]), tmp_path / "plain")
+    assert res.output("Q4_K_NL").stat().st_size == plain.output("Q4_K_NL").stat().st_size
+    assert res.output("Q4_K_NL").read_bytes() != plain.output("Q4_K_NL").read_bytes()

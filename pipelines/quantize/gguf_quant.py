@@ -132,8 +132,10 @@ def save_imatrix(imatrix: dict[str, np.ndarray], path: Path) -> None:
 
 # ---------------------------------------------------------------------------------------------- quantise
 def quantize(src: Path, dst: Path, qtype: str, imatrix: dict[str, np.ndarray] | None = None,
-             threads: int | None = None) -> dict:
-    """Write `dst` (atomic: `.partial` renamed when llama.cpp reports success); returns what it chose per tensor."""
+             threads: int | None = None, moments: dict[str, np.ndarray] | None = None,
+             progress: Callable[[int, int], None] | None = None) -> dict:
+    """Write `dst` (atomic: `.partial` renamed when llama.cpp reports success and, with `moments`, once GPTQ has
+    rewritten its IQ4_NL blocks: pipelines/quantize/gptq.py); returns what it chose per tensor."""
     import llama_cpp
 
     spec = QTYPES[check_qtype(qtype)]
@@ -172,6 +174,11 @@ def quantize(src: Path, dst: Path, qtype: str, imatrix: dict[str, np.ndarray] | 
         if rc != 0 or not partial.is_file():
             tail = "".join(log[-20:])
             raise SlmkitError(f"llama.cpp could not quantise {src} to {qtype} (code {rc}):\n{tail}")
+        rewritten = None
+        if moments:
+            from slmkit.pipelines.quantize import gptq
+
+            rewritten = gptq.rewrite(partial, Path(src), moments, progress)
         os.replace(partial, dst)
     except OSError as err:
         raise SlmkitError(f"{dst}: cannot write the quantised GGUF ({err.strerror})") from None
@@ -182,6 +189,8 @@ def quantize(src: Path, dst: Path, qtype: str, imatrix: dict[str, np.ndarray] | 
     # llama.cpp says which matrices it found importance data for; report it so a name mismatch cannot hide.
     report["imatrix_entries"] = len(imatrix) if imatrix else 0
     report["imatrix_missing"] = sorted(set(_MISSING.findall(text)))
+    if rewritten is not None:
+        report["gptq"] = rewritten
     return report
 
 

@@ -1,0 +1,124 @@
+"""GPTQ's IQ4_NL blocks (pipelines/quantize/gptq.py): laid out as llama.cpp reads them, on the grid, with less
+output error than rounding each block alone, and written into a Q4_K_NL file that llama.cpp still loads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from slmkit.pipelines.quantize import gguf_quant, gptq, retention
+
+
+def _inputs(rng, n: int, cols: int) -> np.ndarray:
+    # correlated inputs, as a layer's are: a few shared directions plus noise, some columns much larger
+    mix = rng.normal(size=(8, cols)) * rng.uniform(0.2, 3.0, size=cols)
+    return rng.normal(size=(n, 8)) @ mix + 0.3 * rng.normal(size=(n, cols))
+
+
+def _output_error(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:
+    d = w - q
+    return float(np.einsum("ij,jk,ik->", d, h, d))  # E‖(w - q) x‖² over the inputs behind h
+
+
+@pytest.mark.parametrize("kind", sorted(gptq.FORMATS))
+def test_blocks_are_laid_out_as_llama_cpp_reads_them(kind):
+    fmt = gptq.FORMATS[kind]
+    rng = np.random.default_rng(0)
+    index = rng.integers(0, len(fmt.grid), size=(3, 64), dtype=np.uint8)
+    scales = rng.uniform(-0.02, 0.02, size=(3, 2)).astype(np.float16)
+    blocks = gptq.encode(index, scales, kind)
+    assert blocks.size == 3 * 2 * fmt.nbytes
+    want = np.repeat(scales.astype(np.float32), 32, axis=1) * np.asarray(fmt.grid, np.float32)[index]
+    np.testing.assert_array_equal(gptq.decode(blocks, 3, 64, kind), want)  # gguf-py's reader, as llama.cpp's
+
+
+@pytest.mark.parametrize("kind", sorted(gptq.FORMATS))
+def test_error_compensation_beats_rounding_each_block_alone(kind):
+    rng = np.random.default_rng(1)
+    x = _inputs(rng, 2048, 128)
+    h = x.T @ x / len(x)
+    w = rng.normal(scale=0.05, size=(96, 128)).astype(np.float32)
+    q = gptq.decode(gptq.encode(*gptq.quantize_matrix(w, h, kind), kind), 96, 128, kind)
+    # with H's off-diagonal dropped there is nothing to compensate: each block is rounded alone (llama.cpp's way)
+    alone = gptq.decode(gptq.encode(*gptq.quantize_matrix(w, np.diag(np.diag(h)), kind), kind), 96, 128, kind)
+    assert np.linalg.norm(q - w) < 0.3 * np.linalg.norm(w)  # still a rounding of w, not something else
+    assert _output_error(w, q, h) < 0.7 * _output_error(w, alone, h)
+
+
+def test_a_dead_input_column_is_zeroed_and_nothing_is_nan():
+    rng = np.random.default_rng(2)
+    x = _inputs(rng, 512, 64)
+    x[:, 5] = 0
+    w = rng.normal(size=(8, 64)).astype(np.float32)
+    index, scales = gptq.quantize_matrix(w, x.T @ x / len(x))
+    q = gptq.decode(gptq.encode(index, scales), 8, 64)
+    assert np.isfinite(q).all() and np.isfinite(scales.astype(np.float32)).all()
+    assert np.abs(q[:, 5]).max() <= np.abs(scales.astype(np.float32)[:, 0]).max()  # grid's smallest step: 1·d
+
+
+def test_a_matrix_that_does_not_fit_blocks_is_refused():
+    with pytest.raises(ValueError, match="32-wide blocks"):
+        gptq.quantize_matrix(np.zeros((4, 48), np.float32), np.eye(48))
+
+
+def test_second_moments_share_inputs_and_their_diagonal_is_the_importance_matrix(tiny_model_dir):
+    chunks = retention.token_chunks(tiny_model_dir, "the quick brown fox jumps over the lazy dog " * 40, 256, 64)
+    moments = gptq.second_moments(tiny_model_dir, chunks)
+    assert moments["blk.0.attn_q.weight"] is moments["blk.0.attn_k.weight"] is moments["blk.0.attn_v.weight"]
+    assert moments["blk.0.ffn_gate.weight"] is moments["blk.0.ffn_up.weight"]
+    assert moments["blk.0.attn_output.weight"] is not moments["blk.0.attn_q.weight"]
+    imatrix = gguf_quant.compute_imatrix(tiny_model_dir, chunks)
+    assert set(imatrix) == set(moments)
+    for name, diag in gptq.importance(moments).items():
+        np.testing.assert_allclose(diag, imatrix[name], rtol=1e-4, atol=1e-7)
+
+
+def test_q4_k_nl_rewritten_by_gptq_loads_and_moves_outputs_less(tiny_model_dir, tiny_gguf, tmp_path):
+    import gguf
+
+    from slmkit.pipelines.backends import llama_adapter
+
+    chunks = retention.token_chunks(tiny_model_dir, "a stitch in time saves nine; many hands make light work. " * 60,
+                                    512, 128)
+    moments = gptq.second_moments(tiny_model_dir, chunks)
+    imatrix = gptq.importance(moments)
+    plain = gguf_quant.quantize(tiny_gguf, tmp_path / "plain.gguf", "Q4_K_NL", imatrix, 1)
+    done = []
+    report = gguf_quant.quantize(tiny_gguf, tmp_path / "gptq.gguf", "Q4_K_NL", imatrix, 1, moments,
+                                 lambda n, total: done.append((n, total)))
+    assert report["bytes"] == plain["bytes"] and report["tensor_types"] == plain["tensor_types"]
+    assert report["gptq"]["tensors"] == plain["tensor_types"]["IQ4_NL"] == done[-1][1] > 0
+    assert not list(tmp_path.glob("*.partial"))
+
+    source = {t.name: t for t in gguf.GGUFReader(str(tiny_gguf)).tensors}
+    ours = {t.name: t for t in gguf.GGUFReader(str(tmp_path / "gptq.gguf")).tensors}
+    theirs = {t.name: t for t in gguf.GGUFReader(str(tmp_path / "plain.gguf")).tensors}
+    err = {"gptq": 0.0, "llama.cpp": 0.0}
+    for name, t in ours.items():
+        if t.tensor_type.name != "IQ4_NL":
+            np.testing.assert_array_equal(t.data, theirs[name].data)  # every other tensor as llama.cpp wrote it
+            continue
+        cols, rows = int(t.shape[0]), int(t.shape[1])
+        w = gguf.quants.dequantize(source[name].data, source[name].tensor_type).reshape(rows, cols)
+        for label, f in (("gptq", t), ("llama.cpp", theirs[name])):
+            err[label] += _output_error(w, gptq.decode(f.data, rows, cols), moments[name])
+    assert err["gptq"] < 0.9 * err["llama.cpp"]
+
+    llm = llama_adapter.open_llama(tmp_path / "gptq.gguf", 128, 1, logits_all=True)  # llama.cpp loads and runs it
+    try:
+        llm.eval(chunks[0][:32])
+        assert np.isfinite(np.asarray(llama_adapter.scores(llm)[:32])).all()
+    finally:
+        llm.close()
+
+
+def test_a_recipe_asking_for_gptq_without_its_inputs_is_refused():
+    from pydantic import ValidationError
+
+    from slmkit.pipelines.quantize import QuantizeConfig
+
+    assert QuantizeConfig(gptq=True, qtypes=["Q4_K_M", "Q4_K_NL"]).gptq
+    with pytest.raises(ValidationError, match=r"needs the calibration pass \(quantize.imatrix: true\)"):
+        QuantizeConfig(gptq=True, imatrix=False, qtypes=["Q4_K_NL"])
+    with pytest.raises(ValidationError, match="only Q4_K_NL's mixture writes; add Q4_K_NL to quantize.qtypes"):
+        QuantizeConfig(gptq=True, qtypes=["Q4_K_M"])
