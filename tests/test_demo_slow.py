@@ -16,6 +16,8 @@ pytestmark = pytest.mark.slow
 SHRINK = ["distill.limit=12", "finetune.max_steps=3", "finetune.batch_size=4", "finetune.save_every=2",
           "quantize.calib_tokens=512", "quantize.eval_tokens=256", "bench.task.limit=4",
           "bench.task.max_tokens=48", "bench.warmup=0"]
+# every stage of recipes/demo.yaml, in order (the test checks the run made exactly these)
+STAGES = ("01_curate", "02_distill", "03_finetune", "04_merge", "05_quantize", "06_bench", "07_route", "08_agent")
 
 
 def slmkit(*args: str, runs: Path) -> subprocess.CompletedProcess:
@@ -29,7 +31,8 @@ def test_demo_end_to_end_then_resumed_then_checked(tmp_path):
     first = slmkit("run", "demo", *SHRINK, runs=runs)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     root = runs / "demo"
-    for folder in ("01_curate", "02_distill", "03_finetune", "04_merge", "05_quantize", "06_bench"):
+    assert sorted(p.name for p in root.iterdir() if p.name[:2].isdigit()) == list(STAGES)
+    for folder in STAGES:
         assert (root / folder / "DONE.json").is_file(), folder
 
     bench = json.loads((root / "06_bench/bench.json").read_text())
@@ -46,7 +49,7 @@ def test_demo_end_to_end_then_resumed_then_checked(tmp_path):
 
     again = slmkit("run", "demo", *SHRINK, runs=runs)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert again.stdout.count("skipped") == 6 and "fine-tuned Q4_K_M" in again.stdout  # resumed; table shown
+    assert again.stdout.count("skipped") == len(STAGES) and "fine-tuned Q4_K_M" in again.stdout  # resumed; table
 
     reported = tmp_path / "reported.json"
     results = root / "06_bench/bench.json"
