@@ -83,9 +83,12 @@ def check_qtype(name: str) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- imatrix
-def compute_imatrix(model_dir: Path, token_chunks: list[list[int]], progress: Callable[[int, int], None] | None = None
-                    ) -> dict[str, np.ndarray]:
-    """GGUF tensor name → mean squared input activation per input column, from forward hooks on nn.Linear."""
+def each_matrix_input(model_dir: Path, token_chunks: list[list[int]], on_input: Callable[[str, object], None],
+                      progress: Callable[[int, int], None] | None = None) -> None:
+    """Run the HF model over the token chunks, calling on_input(GGUF tensor name, input tensor) before every
+    matrix of the GGUF multiplies: the one pass both calibration statistics (importance matrix, GPTQ's second
+    moments) are gathered in. Matrices that read one tensor (q/k/v, gate/up) are called one after the other
+    with that same tensor object."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -98,20 +101,15 @@ def compute_imatrix(model_dir: Path, token_chunks: list[list[int]], progress: Ca
         # input columns, so lm_head's activations are exactly the importance data that matrix needs.
         gguf_names["lm_head"] = "token_embd.weight"
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-    hooks = []
 
     def hook_for(name: str):
         def hook(_module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).to(torch.float32)
-            sums[name] = sums.get(name, 0) + (x * x).sum(0)
-            counts[name] = counts.get(name, 0) + x.shape[0]
+            on_input(name, args[0])
         return hook
 
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and name in gguf_names:
-            hooks.append(module.register_forward_pre_hook(hook_for(gguf_names[name])))
+    hooks = [module.register_forward_pre_hook(hook_for(gguf_names[name]))
+             for name, module in model.named_modules()
+             if isinstance(module, torch.nn.Linear) and name in gguf_names]
     try:
         with torch.no_grad():
             for i, chunk in enumerate(token_chunks):
@@ -121,6 +119,22 @@ def compute_imatrix(model_dir: Path, token_chunks: list[list[int]], progress: Ca
     finally:
         for h in hooks:
             h.remove()
+
+
+def compute_imatrix(model_dir: Path, token_chunks: list[list[int]], progress: Callable[[int, int], None] | None = None
+                    ) -> dict[str, np.ndarray]:
+    """GGUF tensor name → mean squared input activation per input column, from forward hooks on nn.Linear."""
+    import torch
+
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def add(name: str, x) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
+        sums[name] = sums.get(name, 0) + (x * x).sum(0)
+        counts[name] = counts.get(name, 0) + x.shape[0]
+
+    each_matrix_input(model_dir, token_chunks, add, progress)
     return {k: (sums[k] / counts[k]).numpy().astype(np.float32) for k in sums}
 
 

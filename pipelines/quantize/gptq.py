@@ -21,6 +21,7 @@ the block is reached.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,10 +34,6 @@ BLOCK = 32  # weights per block in both formats below, each block one fp16 scale
 def _nibbles(q: np.ndarray) -> np.ndarray:
     """Index j of a block in the low nibble of byte j, index j+16 in the high nibble (llama.cpp's order)."""
     return (q[:, :, :BLOCK // 2] & 0x0F) | ((q[:, :, BLOCK // 2:] & 0x0F) << 4)
-
-
-def _pack_iq4_nl(q: np.ndarray) -> np.ndarray:
-    return _nibbles(q)
 
 
 def _pack_q5_0(q: np.ndarray) -> np.ndarray:
@@ -55,10 +52,9 @@ class Format:
 
 # The block types this module rewrites. IQ4_NL: 4.5 bits per weight on a non-uniform grid; Q5_0: 5.5 bits, uniform.
 FORMATS = {
-    "IQ4_NL": Format((-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113), _pack_iq4_nl, 18),
+    "IQ4_NL": Format((-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113), _nibbles, 18),
     "Q5_0": Format(tuple(range(-16, 16)), _pack_q5_0, 22),
 }
-GRID = FORMATS["IQ4_NL"].grid
 DAMP = 0.01  # share of H's mean diagonal added to its diagonal: keeps the inverse well conditioned
 LAZY = 128  # columns whose updates are applied together (the paper's lazy batch; a multiple of BLOCK)
 SCALE_TRIES = 7  # llama.cpp's ntry for IQ4_NL: 2 * 7 + 1 scales tried per block, a 127th of the grid apart
@@ -68,51 +64,31 @@ def second_moments(model_dir: Path, token_chunks: list[list[int]],
                    progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
     """GGUF tensor name → E[x xᵀ] of the matrix's input over the calibration text (float32, in × in).
 
-    Matrices that read the same input (q/k/v, gate/up) share one array: their hooks run one after the other on
-    the same tensor object.
-    The diagonal is exactly the importance matrix (mean squared input per column)."""
+    Matrices that read the same input (q/k/v, gate/up) share one array, summed once: the pass hands them the
+    same tensor object one after the other. The diagonal is exactly the importance matrix (mean squared input
+    per column)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from slmkit.pipelines.quantize.gguf_export import iter_linear_names, open_model
+    from slmkit.pipelines.quantize.gguf_quant import each_matrix_input
 
-    m = open_model(model_dir)
-    gguf_names = dict(iter_linear_names(m))
-    if m.hp["tied"]:
-        gguf_names["lm_head"] = "token_embd.weight"  # llama.cpp multiplies by token_embd at the output
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
     alias: dict[str, str] = {}
-    last: list = [None, ""]  # the input the previous matrix read, and that matrix: q/k/v and gate/up read one tensor
+    last: list = [None, ""]  # the input the previous matrix read, and that matrix
 
-    def hook_for(name: str):
-        def hook(_module, args):
-            x = args[0]
-            if x is last[0]:
-                alias[name] = alias.get(last[1], last[1])
-                return
-            last[:] = [x, name]
-            x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
-            sums[name] = sums[name].addmm_(x.T, x) if name in sums else x.T @ x
-            counts[name] = counts.get(name, 0) + x.shape[0]
-        return hook
+    def add(name: str, x) -> None:
+        if x is last[0]:
+            alias[name] = alias.get(last[1], last[1])
+            return
+        last[:] = [x, name]
+        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)
+        sums[name] = sums[name].addmm_(x.T, x) if name in sums else x.T @ x
+        counts[name] = counts.get(name, 0) + x.shape[0]
 
-    hooks = [module.register_forward_pre_hook(hook_for(gguf_names[name]))
-             for name, module in model.named_modules()
-             if isinstance(module, torch.nn.Linear) and name in gguf_names]
     try:
-        with torch.no_grad():
-            for i, chunk in enumerate(token_chunks):
-                ids = torch.tensor([chunk])
-                model(ids)
-                del ids
-                if progress:
-                    progress(i + 1, len(token_chunks))
+        each_matrix_input(model_dir, token_chunks, add, progress)
     finally:
-        for h in hooks:
-            h.remove()
-        last.clear()
+        last.clear()  # the last input tensor, not kept alive past the pass
     out = {k: (sums[k] / counts[k]).numpy() for k in sums}
     out.update({k: out[v] for k, v in alias.items()})
     return out
@@ -237,7 +213,5 @@ def rewrite(quantised: Path, source: Path, moments: dict[str, np.ndarray],
             progress(n + 1, len(todo))
     reader.data.flush()
     del reader
-    kinds: dict[str, int] = {}
-    for t in todo:
-        kinds[t.tensor_type.name] = kinds.get(t.tensor_type.name, 0) + 1
-    return {"tensors": len(todo), "types": kinds, "damp": DAMP, "without_moments": skipped}
+    kinds = Counter(t.tensor_type.name for t in todo)
+    return {"tensors": len(todo), "types": dict(kinds), "damp": DAMP, "without_moments": skipped}
