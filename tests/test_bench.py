@@ -270,13 +270,15 @@ def test_check_passes_on_own_figures_and_fails_when_moved(ran, tmp_path):
         bench_check.run_check(path, out / "bench.json", Console(file=printed, width=200))
         return printed.getvalue()
 
+    kind = result["machine"]["isa"]  # written as the figures of this machine's kind
+    assert set(json.loads(rep.read_text())["machines"]) == {kind}
     moved = json.loads(rep.read_text())
-    moved["targets"]["tiny-hf"]["quality"] = min(1.0, result["targets"][1]["quality"] + 0.2) \
+    moved["machines"][kind]["targets"]["tiny-hf"]["quality"] = min(1.0, result["targets"][1]["quality"] + 0.2) \
         if result["targets"][1]["quality"] < 0.5 else result["targets"][1]["quality"] - 0.2
     with pytest.raises(StageFailed, match="tiny-hf quality"):
         run_check(moved)
     moved = json.loads(rep.read_text())
-    moved["targets"]["served"]["decode_ratio"] *= 1.6  # just outside the default 1.5x
+    moved["machines"][kind]["targets"]["served"]["decode_ratio"] *= 1.6  # just outside the default 1.5x
     with pytest.raises(StageFailed, match=r"1 of \d+ figures outside tolerance: served decode_ratio"):
         run_check(moved)
     moved["tolerances"] = {"speed_factor": 1.7}  # the reported file may carry its own, looser tolerances

@@ -31,11 +31,11 @@ def test_a_share_four_requests_off_on_another_cpu_reproduces_and_the_other_choic
     printed = _run(tmp_path, {"remote_share": 0.3594, "remote_spend_ratio": 0.3577}, chosen="classifier")
     assert "route figures reproduce" in printed
     assert "this run chose classifier" in printed
-    assert "±0.1142" in printed  # 2 × sqrt(0.2969 × 0.7031 / 64)
+    assert "± 0.1142" in printed  # 2 × sqrt(0.2969 × 0.7031 / 64)
 
 
 def test_a_share_eight_requests_off_fails(tmp_path):
-    with pytest.raises(StageFailed, match="remote_share: reported 0.2969, measured 0.4219"):
+    with pytest.raises(StageFailed, match=r"cascade remote_share \(reported 0.2969, measured 0.4219, ± 0.1142\)"):
         _run(tmp_path, {"remote_share": 0.4219})
 
 

@@ -14,8 +14,6 @@ k = 1 is greedy. A target that cannot start is reported and the others still run
 
 from __future__ import annotations
 
-import os
-import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from slmkit.pipelines.bench.targets import TargetConfig
+from slmkit.pipelines.core import machine
 from slmkit.pipelines.core.errors import SlmkitError, StageFailed
 from slmkit.pipelines.core.stage import Outcome, StageContext
 from slmkit.pipelines.core.types import InputPath, StrictModel
@@ -234,7 +233,7 @@ def run(config: AgentConfig, ctx: StageContext) -> Outcome:
         raise StageFailed("agent: every target failed:\n" + "\n".join(f"  {k}: {v}" for k, v in failed.items()))
     result = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine.describe(),
         "suites": [{"name": s.name, "source": s.source, "items": len(s.tasks), "modes": s.modes} for s in suites],
         "k": config.k, "temperature": config.temperature if config.k > 1 else 0.0,
         "max_steps": config.max_steps, "failed_targets": failed, "rows": rows,

@@ -9,15 +9,17 @@ the machine and the load and are reported, not held.
 
     {"k": 2, "tolerances": {"rate_abs": 0.25},
      "rows": {"workflow:support-refunds|fine-tuned Q4_K_M|code": {"success": 0.83, "pass^2": 0.67, ...}}}
+
+with `rows` under `machines.KIND` instead, one set per kind of machine (core/reported.py).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from slmkit.pipelines.bench.check import Check, load, print_checks, verdict
 from slmkit.pipelines.core.errors import SlmkitError
+from slmkit.pipelines.core.reported import check_by_kind, result_kind, write_set
 
 DEFAULT_TOLERANCES = {"rate_abs": 0.25}
 MEANING = {
@@ -37,19 +39,21 @@ def row_figures(row: dict, k: int) -> dict[str, float | None]:
             "valid_calls": row.get("valid_calls"), "call_accuracy": row.get("call_accuracy")}
 
 
-def _load(path: Path, what: str, key: str) -> dict:
+def _load(path: Path, what: str, key: str | tuple[str, ...]) -> dict:
     return load(path, what, key, f" ({what})")
 
 
 def write_reported(results: Path, out: Path, console) -> dict:
     run = _load(results, "--results", "rows")
     k = int(run.get("k", 1))
+    kind = result_kind(run)
     doc = {"about": f"figures reported from an agent run of {run.get('date')} on "
-                    f"{run.get('machine', {}).get('cpus')} CPUs: k = {k}, temperature {run.get('temperature')}",
+                    f"{run.get('machine', {}).get('cpus')} CPUs ({kind}): k = {k}, temperature "
+                    f"{run.get('temperature')}",
            "k": k, "tolerances": dict(DEFAULT_TOLERANCES), "meaning": dict(MEANING),
            "rows": {_key(r): row_figures(r, k) for r in run["rows"]}}
-    Path(out).write_text(json.dumps(doc, indent=2) + "\n")
-    console.print(f"reported agent figures written to {out}")
+    write_set(out, doc, kind, ("rows",))
+    console.print(f"reported agent figures ({kind}) written to {out}")
     return doc
 
 
@@ -58,6 +62,8 @@ def check(run: dict, reported: dict, where: str = "reported") -> list[Check]:
     k = int(reported.get("k", 1))
     if int(run.get("k", 1)) != k:
         raise SlmkitError(f"{where}: reported for k = {k}, but the run used k = {run.get('k')}; pass^k differ")
+    if not isinstance(reported.get("rows"), dict):
+        raise SlmkitError(f"{where}: expected 'rows', an object of suite|target|mode -> figures")
     rows = {_key(r): r for r in run["rows"]}
     out: list[Check] = []
     for key, figs in reported["rows"].items():
@@ -77,9 +83,10 @@ def check(run: dict, reported: dict, where: str = "reported") -> list[Check]:
 
 
 def run_check(reported_path: Path, results_path: Path, console) -> list[Check]:
-    reported = _load(reported_path, "--check", "rows")
-    checks = check(_load(results_path, "--results", "rows"), reported, where=str(reported_path))
-    print_checks(checks, console, title="agent --check")
+    reported, run = _load(reported_path, "--check", ("rows", "machines")), _load(results_path, "--results", "rows")
+    where = str(reported_path)
+    kind, why, checks = check_by_kind(reported, run, where, lambda view: check(run, view, where), lambda c: not c.ok)
+    print_checks(checks, console, title=f"agent --check ({why})")
     verdict(checks, "agent --check")
-    console.print(f"[green]✓[/] all {len(checks)} reported agent figures reproduced within tolerance")
+    console.print(f"[green]✓[/] all {len(checks)} reported agent figures reproduced within tolerance ({kind})")
     return checks

@@ -11,8 +11,6 @@ run; the stage fails only when every target failed.
 from __future__ import annotations
 
 import contextlib
-import os
-import platform
 import statistics
 import time
 from collections.abc import Iterator
@@ -27,7 +25,7 @@ from slmkit.pipelines.bench.cost import CostConfig, cost_figures
 from slmkit.pipelines.bench.interleaved import measure
 from slmkit.pipelines.bench.speed import speed_stats
 from slmkit.pipelines.bench.targets import Target, TargetConfig, size_mb
-from slmkit.pipelines.core.defaults import usable_cores
+from slmkit.pipelines.core import machine
 from slmkit.pipelines.core.errors import SlmkitError, StageFailed
 from slmkit.pipelines.core.jsonl import write_jsonl
 from slmkit.pipelines.core.stage import Outcome, StageContext
@@ -361,9 +359,7 @@ def run(config: BenchConfig, ctx: StageContext) -> Outcome:
 
     bench = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {"cpus": os.cpu_count(), "usable_cpus": usable_cores(), "platform": platform.platform(),
-                    "machine": platform.machine(),
-                    "python": platform.python_version()},
+        "machine": machine.describe(),
         "task": {"data": str(data), "items": len(items), "metric": task.metric, "max_tokens": task.max_tokens,
                  "stop": task.stop},
         "metric": task.metric,

@@ -15,6 +15,9 @@ machine, so a ratio that mixed it with compute would move from one machine to th
      "meaning": {"ttft_ratio": "...", "decode_ratio": "..."},
      "targets": {"Q4_K_M": {"quality": 0.91, "decode_ratio": 1.3, "ttft_ratio": 1.1,
                             "tolerances": {...optional, per target...}}}}
+
+with `targets` under `machines.KIND` instead, one set per kind of machine (core/reported.py): a fine-tuned
+student's near-tie items fall differently with AVX-512 than with AVX2, and a figure over 40 items moves with them.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slmkit.pipelines.core.errors import SlmkitError, StageFailed
+from slmkit.pipelines.core.reported import check_by_kind, result_kind, write_set
 
 # lm_eval_stderr: an lm-eval accuracy over n items is known only to about its standard error (0.07 at p=0.75
 # over the demo's 40 items, three items), and a reproduction on another CPU fine-tunes into weights that differ
@@ -42,6 +46,8 @@ MEANING = {
 }
 # Older reported files: ratios of two summary figures, measured one target after another.
 RATIO_FIGURES = ("decode_tokens_per_s", "ttft_ms_p50")
+# A reported file holds its figures under `targets`, or one set per machine kind under `machines`.
+FIGURES = ("targets", "machines")
 # lm-eval scores are reported as "lm_eval:TASK:METRIC" and checked like quality (an absolute margin).
 LM_EVAL = "lm_eval:"
 
@@ -72,16 +78,18 @@ class Check:
     ok: bool
 
 
-def load(path: Path, what: str, key: str = "targets", about: str = "") -> dict:
-    """A results or reported-figures JSON file that must be an object with `key` (a list or an object)."""
+def load(path: Path, what: str, key: str | tuple[str, ...] = "targets", about: str = "") -> dict:
+    """A results or reported-figures JSON file that must be an object with `key` (a list or an object), or
+    one of several keys."""
     try:
         data = json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise SlmkitError(f"{what}: no file at {path}") from None
     except json.JSONDecodeError as exc:
         raise SlmkitError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    if not isinstance(data, dict) or not isinstance(data.get(key), (list, dict)):
-        raise SlmkitError(f"{path}: expected a JSON object with '{key}'{about}")
+    keys = (key,) if isinstance(key, str) else key
+    if not isinstance(data, dict) or not any(isinstance(data.get(k), (list, dict)) for k in keys):
+        raise SlmkitError(f"{path}: expected a JSON object with {' or '.join(repr(k) for k in keys)}{about}")
     return data
 
 
@@ -122,6 +130,12 @@ def default_reference(bench: dict) -> str:
     return local[0] if local else bench["baseline"]
 
 
+def _where(results: dict) -> str:
+    """The machine a result file was measured on, in words, for a reported set's `about`."""
+    m = results.get("machine") or {}
+    return f"{m.get('cpus')} CPUs" + (f" ({m['cpu']}, {m['isa']})" if m.get("cpu") and m.get("isa") else "")
+
+
 def write_reported(bench: dict, reference: str | None = None) -> dict:
     """The reported figures of a bench.json, with the default tolerances, ready to commit."""
     reference = reference or default_reference(bench)
@@ -129,9 +143,8 @@ def write_reported(bench: dict, reference: str | None = None) -> dict:
     targets = {label: {"quality": row.get("quality"), **lm_eval_figures(row),
                        **{k: speed[label].get(k) for k in PAIRED}}
                for label, row in _rows(bench).items()}
-    cpus = bench.get("machine", {}).get("cpus")
-    return {"about": f"figures reported from a bench run of {bench.get('date')} on {cpus} CPUs; speed as ratios "
-                     f"to '{reference}', taken item by item",
+    return {"about": f"figures reported from a bench run of {bench.get('date')} on {_where(bench)}; speed as "
+                     f"ratios to '{reference}', taken item by item",
             "metric": bench.get("metric"), "reference": reference, "tolerances": dict(DEFAULT_TOLERANCES),
             "meaning": dict(MEANING), "targets": targets}
 
@@ -142,6 +155,8 @@ def check(bench: dict, reported: dict, where: str = "reported") -> list[Check]:
     rows = _rows(bench)
     speed = ratios(bench, reference) if reference in rows else {}
     out: list[Check] = []
+    if not isinstance(reported.get("targets"), dict):
+        raise SlmkitError(f"{where}: expected 'targets', an object of target -> figures")
     for label, figs in reported["targets"].items():
         if not isinstance(figs, dict):
             raise SlmkitError(f"{where}: targets.{label} must be an object of figures")
@@ -169,6 +184,10 @@ def check(bench: dict, reported: dict, where: str = "reported") -> list[Check]:
     return out
 
 
+def _num(value: float | None) -> str:
+    return f"{value:.4g}" if value is not None else "–"
+
+
 def print_checks(checks: list[Check], console, title: str = "bench --check") -> None:
     from rich.table import Table
 
@@ -176,8 +195,7 @@ def print_checks(checks: list[Check], console, title: str = "bench --check") -> 
     for name in ("target", "figure", "reported", "measured", "tolerance", "ok"):
         table.add_column(name, justify="right" if name in ("reported", "measured") else "left")
     for c in checks:
-        table.add_row(c.target, c.figure, f"{c.reported:.4g}" if c.reported is not None else "–",
-                      f"{c.measured:.4g}" if c.measured is not None else "–", c.tolerance,
+        table.add_row(c.target, c.figure, _num(c.reported), _num(c.measured), c.tolerance,
                       "[green]ok[/]" if c.ok else "[red]MISS[/]")
     console.print(table)
 
@@ -187,27 +205,30 @@ def verdict(checks: list[Check], what: str = "bench --check") -> None:
     missed = [c for c in checks if not c.ok]
     if missed:
         raise StageFailed(f"{what}: {len(missed)} of {len(checks)} figures outside tolerance: "
-                          + ", ".join(f"{c.target} {c.figure}" for c in missed))
+                          + "; ".join(f"{c.target} {c.figure} (reported {_num(c.reported)}, measured "
+                                      f"{_num(c.measured)}, {c.tolerance})" for c in missed))
 
 
 def run_check(reported_path: Path, results_path: Path, console) -> list[Check]:
-    """`slmkit bench --check REPORTED --results BENCH_JSON`: read both, check, print the table, and raise
-    StageFailed (exit 1) if a figure is outside its tolerance. Returns the checks."""
-    reported = load(reported_path, "--check")
-    checks = check(load(results_path, "--results"), reported, where=str(reported_path))
-    print_checks(checks, console)
+    """`slmkit bench --check REPORTED --results BENCH_JSON`: read both, check against the figures reported for
+    the results' machine kind (core/reported.py), print the table, and raise StageFailed (exit 1) if a figure
+    is outside its tolerance. Returns the checks."""
+    reported, bench = load(reported_path, "--check", FIGURES), load(results_path, "--results")
+    where = str(reported_path)
+    kind, why, checks = check_by_kind(reported, bench, where, lambda view: check(bench, view, where),
+                                      lambda c: not c.ok)
+    print_checks(checks, console, title=f"bench --check ({why})")
     verdict(checks)
-    console.print(f"[green]✓[/] all {len(checks)} reported figures reproduced within tolerance")
+    console.print(f"[green]✓[/] all {len(checks)} reported figures reproduced within tolerance ({kind})")
     return checks
 
 
 def write_reported_file(results_path: Path, reported_path: Path, reference: str | None, console) -> dict:
     """`slmkit bench --write-reported REPORTED --results BENCH_JSON`: the reported figures of a bench.json,
-    written to a file with the default tolerances. Returns them."""
-    from slmkit.pipelines.core.rundir import write_json
-
-    reported = write_reported(load(results_path, "--results"), reference)
-    write_json(reported_path, reported)
-    console.print(f"wrote {reported_path} ({len(reported['targets'])} targets, speed ratios vs "
-                  f"'{reported['reference']}')")
+    with the default tolerances, written as its machine kind's set (other kinds' sets kept). Returns them."""
+    bench = load(results_path, "--results")
+    reported, kind = write_reported(bench, reference), result_kind(bench)
+    write_set(reported_path, reported, kind, ("targets",))
+    console.print(f"wrote {reported_path}: {len(reported['targets'])} targets measured on a {kind} machine, "
+                  f"speed ratios vs '{reported['reference']}'")
     return reported

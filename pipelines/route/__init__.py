@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import Field
 
 from slmkit.evals.tasks import TaskConfig, load_items
-from slmkit.pipelines.core import jsonl
+from slmkit.pipelines.core import jsonl, machine
 from slmkit.pipelines.core.errors import SlmkitError, StageFailed
 from slmkit.pipelines.core.stage import Outcome, StageContext
 from slmkit.pipelines.core.types import InputPath, StrictModel
@@ -184,6 +184,7 @@ def run(config: RouteConfig, ctx: StageContext) -> Outcome:
     chosen = _choose(config, results)
     never_better = not bool((rq > lq).any())
     summary = {
+        "machine": machine.describe(),
         "goal": {**config.goal.model_dump(exclude_none=True), "in_words": config.goal.describe(),
                  "slack": TARGET_SLACK},
         "split": {"method": f"{n_folds}-fold cross-fitting; thresholds calibrated on inner {n_folds}-fold "

@@ -12,6 +12,8 @@ few requests can move it across, so it is not held.
 
     {"router": "cascade", "tolerances": {"quality_abs": 0.05, "remote_share_abs": 0.05, "share_stderr": 2, ...},
      "figures": {"quality": 0.74, "remote_share": 0.28, "remote_spend_ratio": 0.3}}
+
+with `router` and `figures` under `machines.KIND` instead, one set per kind of machine (core/reported.py).
 """
 
 from __future__ import annotations
@@ -21,9 +23,10 @@ import math
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
+from slmkit.pipelines.bench.check import Check, print_checks, verdict
 from slmkit.pipelines.core.errors import SlmkitError, StageFailed
+from slmkit.pipelines.core.reported import check_by_kind, result_kind, write_set
 
 # cost_cut is reported but not held: its local part is machine time, which moves with the machine.
 FIGURES = ("quality", "remote_share", "remote_spend_ratio")
@@ -39,45 +42,51 @@ def _read(path: Path, what: str) -> dict:
 
 
 def write_reported(results: Path, out: Path, console: Console) -> None:
+    """The chosen router's row of a route.json, written as its machine kind's set (other kinds' kept)."""
     summary = _read(results, "route.json")
     chosen = summary.get("chosen")
     if not chosen:
         raise SlmkitError(f"{results}: no router was chosen in this run; nothing to report")
-    row = summary["routers"][chosen]
+    row, kind = summary["routers"][chosen], result_kind(summary)
     doc = {"about": f"the hybrid row of a route run: {chosen} at its operating point on held-out requests "
-                    f"({summary['split']['method']}, seed {summary['split']['seed']})",
+                    f"({summary['split']['method']}, seed {summary['split']['seed']}), on a {kind} machine",
            "router": chosen, "tolerances": dict(DEFAULT_TOLERANCES),
            "figures": {f: row.get(f) for f in FIGURES}}
-    Path(out).write_text(json.dumps(doc, indent=2) + "\n")
-    console.print(f"reported route figures written to {out}")
+    write_set(out, doc, kind, ("router", "figures"))
+    console.print(f"reported route figures ({kind}) written to {out}")
 
 
-def run_check(reported: Path, results: Path, console: Console) -> None:
-    want, got = _read(reported, "reported route figures"), _read(results, "route.json")
-    router = want.get("router")
-    row = (got.get("routers") or {}).get(router)
+def check(run: dict, reported: dict, where: str = "reported") -> list[Check]:
+    """The reported router's figures against the same router's row in a route.json."""
+    router = reported.get("router")
+    row = (run.get("routers") or {}).get(router)
     if row is None:
         raise StageFailed(f"route --check: the run has no router '{router}' (it has: "
-                          f"{', '.join(got.get('routers') or {}) or 'none'})")
-    tol = {**DEFAULT_TOLERANCES, **(want.get("tolerances") or {})}
-    table = Table(title=f"route --check: {router} against {reported}")
-    for h in ("figure", "reported", "measured", "margin", "ok"):
-        table.add_column(h)
-    misses = []
-    for fig, value in (want.get("figures") or {}).items():
+                          f"{', '.join(run.get('routers') or {}) or 'none'})")
+    tol = {**DEFAULT_TOLERANCES, **(reported.get("tolerances") or {})}
+    if not isinstance(reported.get("figures"), dict):
+        raise SlmkitError(f"{where}: expected 'figures', an object of figure -> value")
+    out = []
+    for fig, value in reported["figures"].items():
         measured, margin = row.get(fig), _margin(fig, value, row.get("requests"), tol)
         ok = value is None and measured is None or (
             value is not None and measured is not None and abs(measured - value) <= margin + 1e-9)
-        table.add_row(fig, str(value), str(measured), f"±{margin:.4g}", "✓" if ok else "✗")
-        if not ok:
-            misses.append(f"{fig}: reported {value}, measured {measured} (±{margin:.4g})")
-    console.print(table)
-    if got.get("chosen") != router:
+        out.append(Check(router, fig, value, measured, f"± {margin:.4g}", ok))
+    return out
+
+
+def run_check(reported: Path, results: Path, console: Console) -> list[Check]:
+    want, got = _read(reported, "reported route figures"), _read(results, "route.json")
+    kind, why, checks = check_by_kind(want, got, str(reported), lambda view: check(got, view, str(reported)),
+                                      lambda c: not c.ok)
+    print_checks(checks, console, title=f"route --check ({why})")
+    router = checks[0].target if checks else None
+    if router and got.get("chosen") != router:
         console.print(f"[yellow]note:[/] the reported router is {router}; this run chose {got.get('chosen')} "
                       f"(not held: a share a few requests off can move a router across the goal)")
-    if misses:
-        raise StageFailed("route --check: " + "; ".join(misses))
-    console.print(f"[green]✓[/] route figures reproduce ({len(want.get('figures') or {})} figures)")
+    verdict(checks, "route --check")
+    console.print(f"[green]✓[/] route figures reproduce ({len(checks)} figures, {kind})")
+    return checks
 
 
 def _margin(figure: str, reported: float | None, requests: int | None, tol: dict) -> float:
