@@ -7,9 +7,10 @@ and one set of figures per machine kind under `machines` (see core/machine.py fo
                                        "avx512": {"about": "...", "targets": {...}}}}
 
 Each set comes from one run on a machine of that kind (`--write-reported` adds or replaces the set of the kind
-the results were measured on and keeps the others). `--check` holds a run to the set of its own kind; a run on a
-kind nobody reported is held to each set in turn and passes if it reproduces one of them whole, and the table
-says which. A file without `machines` is one set for every kind, as files were before.
+the results were measured on and keeps the others). `--check` holds a run to the set of its own kind first; a
+run that misses there, or on a kind nobody reported, is held to each set in turn and passes if it reproduces one
+of them whole, and the table says which. A file without `machines` is one set for every kind, as files were
+before.
 """
 
 from __future__ import annotations
@@ -44,18 +45,27 @@ def figure_sets(reported: dict, where: str) -> dict[str, dict]:
 
 def check_by_kind(reported: dict, results: dict, where: str,
                   check: Callable[[dict], list[C]], missed: Callable[[C], bool]) -> tuple[str, str, list[C]]:
-    """Run `check` (reported view -> checks) against the set of the results' machine kind, or, for a kind
-    with no set, against each set, keeping the one with fewest misses. Returns (set used, why, checks)."""
+    """Run `check` (reported view -> checks) against the set of the results' machine kind; if that set has
+    misses, or there is none for this kind, against every set, keeping the one with fewest misses (this kind's
+    on a tie). A run that reproduces one reported run whole reproduces the figures: the kind is a good guess
+    at which run a machine repeats, not a rule (a CPU of a kind nobody measured, or one whose maths library
+    takes another path, may repeat the other). Returns (set used, why, checks)."""
     sets = figure_sets(reported, where)
     kind = result_kind(results)
-    if kind in sets or ANY in sets:
-        used = kind if kind in sets else ANY
-        return used, ("figures reported for every machine kind" if used == ANY
-                      else f"figures reported on a machine of this run's kind ({kind})"), check(sets[used])
-    tried = {k: check(view) for k, view in sets.items()}
-    used = min(tried, key=lambda k: sum(map(missed, tried[k])))
-    return used, (f"no figures reported for this run's kind ({kind}); the closest set, of {len(sets)}, "
-                  f"is {used}'s"), tried[used]
+    own = kind if kind in sets else ANY if ANY in sets else None
+    tried = {own: check(sets[own])} if own else {}
+    if own is None or any(map(missed, tried[own])):
+        tried |= {k: check(view) for k, view in sets.items() if k != own}
+    used = min(tried, key=lambda k: (sum(map(missed, tried[k])), k != own))
+    if used == ANY:
+        why = "figures reported for every machine kind"
+    elif used == kind:
+        why = f"figures reported on a machine of this run's kind ({kind})"
+    elif own is None:
+        why = f"no figures reported for this run's kind ({kind}); the closest set, of {len(sets)}, is {used}'s"
+    else:
+        why = f"this run ({kind}) repeats the {used} machine's figures, not its own kind's"
+    return used, why, tried[used]
 
 
 def write_set(path: Path, doc: dict, kind: str, set_keys: tuple[str, ...]) -> dict:
