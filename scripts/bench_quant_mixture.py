@@ -8,8 +8,9 @@ the shipped calibration text for the matrices' input second moments (their diago
 then each variant quantised by llama.cpp's own quantiser and compared with the F16 on two held-out texts (the
 shipped English sample and the demo's evaluation tickets): file size against F16, bits per weight, mean / p99
 KLD and top-1 agreement. Variants: llama.cpp's Q4_K_M (rows of 576 → Q5_0, embedding → Q8_0), slmkit's
-Q4_K_NL as llama.cpp rounds it and with its IQ4_NL blocks rounded by GPTQ (pipelines/quantize/gptq.py; the
-chosen file), and the mixtures Q4_K_NL was chosen against, as per-tensor type rules.
+Q4_K_NL as llama.cpp rounds it and with its 4-bit blocks rounded by GPTQ (pipelines/quantize/gptq.py; the
+chosen file), and the mixtures Q4_K_NL was chosen against, as per-tensor type rules (among them 4- and 5-bit
+attention keys and values with GPTQ, which cost more KLD than the bits they save).
 
 Speed (TTFT, decode) of the chosen file is bench's business (the demo's table); this script measures size
 and fidelity only, which do not depend on the machine's load.
@@ -58,6 +59,10 @@ ALTERNATIVES = {
     "all_IQ4_NL": ("every row IQ4_NL or Q4_K, embedding too", _rule(None, "Q4_K", "IQ4_NL"), False),
     "embd_Q5_0_gptq": ("Q4_K_NL with a 5-bit (Q5_0) embedding, all 32-wide blocks by GPTQ",
                        _rule("Q8_0", "Q4_K", "IQ4_NL", "Q5_0"), True),
+    "all_4bit_embd_Q5_0_gptq": ("every row 4-bit (k and v too), embedding Q5_0, all blocks by GPTQ",
+                                _rule(None, "Q4_K", "IQ4_NL", "Q5_0"), True),
+    "kv_Q5_0_embd_Q5_0_gptq": ("k and v Q5_0, embedding Q5_0, the rest 4-bit, all blocks by GPTQ",
+                               _rule("Q5_0", "Q4_K", "IQ4_NL", "Q5_0"), True),
 }
 
 

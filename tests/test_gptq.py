@@ -20,28 +20,47 @@ def _output_error(w: np.ndarray, q: np.ndarray, h: np.ndarray) -> float:
     return float(np.einsum("ij,jk,ik->", d, h, d))  # E‖(w - q) x‖² over the inputs behind h
 
 
+def _random_blocks(rng, kind: str, rows: int, cols: int):
+    """Random indices and parameters of `kind`, and the weights they stand for, computed here from the format's
+    definition (weight = scale · grid[index], or for Q4_K d·sc·q − dmin·m per 32 weights)."""
+    fmt = gptq.FORMATS[kind]
+    index = rng.integers(0, len(fmt.grid), size=(rows, cols), dtype=np.uint8)
+    grid = np.asarray(fmt.grid, np.float32)[index]
+    if kind != "Q4_K":
+        scales = rng.uniform(-0.02, 0.02, size=(rows, cols // 32)).astype(np.float16)
+        return index, scales, np.repeat(scales.astype(np.float32), 32, axis=1) * grid
+    groups = cols // 256
+    params = {"d": rng.uniform(0, 0.01, (rows, groups)).astype(np.float16),
+              "dmin": rng.uniform(0, 0.01, (rows, groups)).astype(np.float16),
+              "sc": rng.integers(0, 64, (rows, groups, 8), dtype=np.uint8),
+              "mn": rng.integers(0, 64, (rows, groups, 8), dtype=np.uint8)}
+
+    def per_weight(head, six_bit):
+        return np.repeat((params[head].astype(np.float32)[..., None] * six_bit).reshape(rows, -1), 32, axis=1)
+
+    return index, params, per_weight("d", params["sc"]) * grid - per_weight("dmin", params["mn"])
+
+
 @pytest.mark.parametrize("kind", sorted(gptq.FORMATS))
 def test_blocks_are_laid_out_as_llama_cpp_reads_them(kind):
     fmt = gptq.FORMATS[kind]
-    rng = np.random.default_rng(0)
-    index = rng.integers(0, len(fmt.grid), size=(3, 64), dtype=np.uint8)
-    scales = rng.uniform(-0.02, 0.02, size=(3, 2)).astype(np.float16)
-    blocks = gptq.encode(index, scales, kind)
-    assert blocks.size == 3 * 2 * fmt.nbytes
-    want = np.repeat(scales.astype(np.float32), 32, axis=1) * np.asarray(fmt.grid, np.float32)[index]
-    np.testing.assert_array_equal(gptq.decode(blocks, 3, 64, kind), want)  # gguf-py's reader, as llama.cpp's
+    index, params, want = _random_blocks(np.random.default_rng(0), kind, 3, 512)
+    blocks = gptq.encode(index, params, kind)
+    assert blocks.size == 3 * 512 // fmt.group * fmt.nbytes
+    np.testing.assert_array_equal(gptq.decode(blocks, 3, 512, kind), want)  # gguf-py's reader, as llama.cpp's
 
 
 @pytest.mark.parametrize("kind", sorted(gptq.FORMATS))
 def test_error_compensation_beats_rounding_each_block_alone(kind):
     rng = np.random.default_rng(1)
-    x = _inputs(rng, 2048, 128)
+    x = _inputs(rng, 2048, 256)
     h = x.T @ x / len(x)
-    w = rng.normal(scale=0.05, size=(96, 128)).astype(np.float32)
-    q = gptq.decode(gptq.encode(*gptq.quantize_matrix(w, h, kind), kind), 96, 128, kind)
+    w = rng.normal(scale=0.05, size=(96, 256)).astype(np.float32)
+    q = gptq.decode(gptq.encode(*gptq.quantize_matrix(w, h, kind), kind), 96, 256, kind)
     # with H's off-diagonal dropped there is nothing to compensate: each block is rounded alone (llama.cpp's way)
-    alone = gptq.decode(gptq.encode(*gptq.quantize_matrix(w, np.diag(np.diag(h)), kind), kind), 96, 128, kind)
+    alone = gptq.decode(gptq.encode(*gptq.quantize_matrix(w, np.diag(np.diag(h)), kind), kind), 96, 256, kind)
     assert np.linalg.norm(q - w) < 0.3 * np.linalg.norm(w)  # still a rounding of w, not something else
+    assert np.linalg.norm(alone - w) < 0.15 * np.linalg.norm(w)  # and each block alone a close one
     assert _output_error(w, q, h) < 0.7 * _output_error(w, alone, h)
 
 
@@ -59,6 +78,19 @@ def test_a_dead_input_column_is_zeroed_and_nothing_is_nan():
 def test_a_matrix_that_does_not_fit_blocks_is_refused():
     with pytest.raises(ValueError, match="32-wide blocks"):
         gptq.quantize_matrix(np.zeros((4, 48), np.float32), np.eye(48))
+    with pytest.raises(ValueError, match="256-wide blocks"):
+        gptq.quantize_matrix(np.zeros((4, 576), np.float32), np.eye(576), "Q4_K")
+
+
+def test_q4_k_rounds_within_a_step_and_a_constant_block_takes_its_offset():
+    rng = np.random.default_rng(3)
+    w = np.concatenate([rng.uniform(0.01, 0.05, (4, 256)), np.full((4, 256), -0.02)], axis=1).astype(np.float32)
+    index, params = gptq.quantize_matrix(w, np.eye(512), "Q4_K")
+    q = gptq.decode(gptq.encode(index, params, "Q4_K"), 4, 512, "Q4_K")
+    assert params["d"].shape == (4, 2) and params["sc"].shape == (4, 2, 8)
+    # weights over [0.01, 0.05]: 16 levels from an offset at or below zero, each weight within one step of 0.05/15
+    assert np.abs(q[:, :256] - w[:, :256]).max() < 0.05 / 15
+    np.testing.assert_allclose(q[:, 256:], -0.02, atol=1e-4)  # a constant: the offset alone
 
 
 def test_second_moments_share_inputs_and_their_diagonal_is_the_importance_matrix(tiny_model_dir):
@@ -73,10 +105,16 @@ def test_second_moments_share_inputs_and_their_diagonal_is_the_importance_matrix
         np.testing.assert_allclose(diag, imatrix[name], rtol=1e-4, atol=1e-7)
 
 
-def test_q4_k_nl_rewritten_by_gptq_loads_and_moves_outputs_less(tiny_model_dir, tiny_gguf, tmp_path):
+def test_q4_k_nl_rewritten_by_gptq_loads_and_moves_outputs_less(tmp_path):
     import gguf
+    from helpers import tiny_llama
 
     from slmkit.pipelines.backends import llama_adapter
+    from slmkit.pipelines.quantize import gguf_export
+
+    # hidden 128: ffn_down's rows are 256 wide and take Q4_K, the rest IQ4_NL (k and v Q8_0), as in SmolLM2
+    tiny_model_dir = tiny_llama(tmp_path / "tiny", hidden=128)
+    tiny_gguf = gguf_export.export(tiny_model_dir, tmp_path / "tiny-f16.gguf").path
 
     chunks = retention.token_chunks(tiny_model_dir, "a stitch in time saves nine; many hands make light work. " * 60,
                                     512, 128)
@@ -87,7 +125,9 @@ def test_q4_k_nl_rewritten_by_gptq_loads_and_moves_outputs_less(tiny_model_dir, 
     report = gguf_quant.quantize(tiny_gguf, tmp_path / "gptq.gguf", "Q4_K_NL", imatrix, 1, moments,
                                  lambda n, total: done.append((n, total)))
     assert report["bytes"] == plain["bytes"] and report["tensor_types"] == plain["tensor_types"]
-    assert report["gptq"]["tensors"] == plain["tensor_types"]["IQ4_NL"] == done[-1][1] > 0
+    rewritten = {k: n for k, n in plain["tensor_types"].items() if k in gptq.FORMATS}
+    assert set(rewritten) == {"IQ4_NL", "Q4_K"}
+    assert report["gptq"]["types"] == rewritten and report["gptq"]["tensors"] == done[-1][1] > 0
     assert not list(tmp_path.glob("*.partial"))
 
     source = {t.name: t for t in gguf.GGUFReader(str(tiny_gguf)).tensors}
@@ -95,13 +135,14 @@ def test_q4_k_nl_rewritten_by_gptq_loads_and_moves_outputs_less(tiny_model_dir, 
     theirs = {t.name: t for t in gguf.GGUFReader(str(tmp_path / "plain.gguf")).tensors}
     err = {"gptq": 0.0, "llama.cpp": 0.0}
     for name, t in ours.items():
-        if t.tensor_type.name != "IQ4_NL":
+        kind = t.tensor_type.name
+        if kind not in gptq.FORMATS:
             np.testing.assert_array_equal(t.data, theirs[name].data)  # every other tensor as llama.cpp wrote it
             continue
         cols, rows = int(t.shape[0]), int(t.shape[1])
         w = gguf.quants.dequantize(source[name].data, source[name].tensor_type).reshape(rows, cols)
         for label, f in (("gptq", t), ("llama.cpp", theirs[name])):
-            err[label] += _output_error(w, gptq.decode(f.data, rows, cols), moments[name])
+            err[label] += _output_error(w, gptq.decode(f.data, rows, cols, kind), moments[name])
     assert err["gptq"] < 0.9 * err["llama.cpp"]
 
     llm = llama_adapter.open_llama(tmp_path / "gptq.gguf", 128, 1, logits_all=True)  # llama.cpp loads and runs it

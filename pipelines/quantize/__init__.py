@@ -39,7 +39,7 @@ class QuantizeConfig(StrictModel):
     calib: InputPath | None = Field(None, description="calibration text (.txt or .jsonl); default: curate's train")
     heldout: InputPath | None = Field(None, description="held-out text (.txt or .jsonl); default: curate's eval")
     imatrix: bool = Field(True, description="compute an importance matrix from the calibration text")
-    gptq: bool = Field(False, description="round Q4_K_NL's IQ4_NL blocks with GPTQ's error compensation "
+    gptq: bool = Field(False, description="round Q4_K_NL's 4-bit blocks with GPTQ's error compensation "
                        "(input second moments from the calibration text): same file size, lower KLD")
     calib_tokens: int = Field(4096, gt=0, description="calibration tokens for the importance matrix")
     eval_tokens: int = Field(2048, gt=1, description="held-out tokens scored for the retention report")
@@ -69,8 +69,8 @@ class QuantizeConfig(StrictModel):
         if self.gptq and not self.imatrix:
             raise ValueError("quantize.gptq needs the calibration pass (quantize.imatrix: true)")
         if self.gptq and not any(QTYPES[q].mixture for q in self.qtypes):
-            raise ValueError("quantize.gptq rewrites 32-wide 4-bit blocks (IQ4_NL), which only Q4_K_NL's mixture "
-                             "writes; add Q4_K_NL to quantize.qtypes")
+            raise ValueError("quantize.gptq rewrites a mixture's 4-bit blocks (IQ4_NL, Q4_K), which only Q4_K_NL's "
+                             "mixture writes; add Q4_K_NL to quantize.qtypes")
         return self
 
 

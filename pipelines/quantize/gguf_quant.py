@@ -149,7 +149,7 @@ def quantize(src: Path, dst: Path, qtype: str, imatrix: dict[str, np.ndarray] | 
              threads: int | None = None, moments: dict[str, np.ndarray] | None = None,
              progress: Callable[[int, int], None] | None = None) -> dict:
     """Write `dst` (atomic: `.partial` renamed when llama.cpp reports success and, with `moments`, once GPTQ has
-    rewritten its IQ4_NL blocks: pipelines/quantize/gptq.py); returns what it chose per tensor."""
+    rewritten its 4-bit blocks: pipelines/quantize/gptq.py); returns what it chose per tensor."""
     import llama_cpp
 
     spec = QTYPES[check_qtype(qtype)]

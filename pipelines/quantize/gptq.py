@@ -1,22 +1,27 @@
-"""Error-compensated rounding (GPTQ) for the 32-wide 4-bit blocks (IQ4_NL) of a quantised GGUF.
+"""Error-compensated rounding (GPTQ) for the 4-bit blocks (IQ4_NL, Q4_K; Q5_0 too) of a quantised GGUF.
 
 llama.cpp's quantiser rounds every block of 32 weights on its own, weighted by the importance matrix's diagonal
 (how large each input column's activations are). GPTQ (Frantar et al., 2022) rounds a matrix one input column
 at a time and moves each column's rounding error onto the columns not yet rounded, in proportion to the inverse
 of H = E[x xᵀ], the calibration inputs' second moments: the errors of one column are partly cancelled by the
 next, so the layer's output on calibration-like inputs moves less than the sum of its blocks' errors. The
-blocks keep llama.cpp's IQ4_NL layout and grid, so the file is the same size and loads and runs unchanged.
+blocks keep llama.cpp's layouts and grids, so the file is the same size and loads and runs unchanged.
 
 On the demo's fine-tuned SmolLM2 (scripts/bench_quant_mixture.py) it takes Q4_K_NL's mean KLD against F16 from
-0.10 to 0.07 (0.06 on its tickets) at the same 0.30x, most of it on the tied embedding, which is also the output
-matrix.
+0.10 to 0.066 (0.060 on its tickets) at the same 0.30x, most of it on the tied embedding, which is also the
+output matrix. Its Q4_K matrices (ffn_down, whose inputs are the least correlated) gain least: output error
+2-6% under llama.cpp's, KLD 0.0667 -> 0.0664 and 0.0616 -> 0.0597 against GPTQ on the IQ4_NL blocks alone.
+Not for attention keys and values: at 4 bits GPTQ lowers their output error by a third to a half and still
+raises KLD (0.099 -> 0.110 with every row 4-bit), so Q4_K_NL keeps them 8-bit, which GPTQ leaves alone.
 
 Written here rather than taken from a GPTQ library (AutoGPTQ, GPTQModel, llm-compressor): those write their
 own tensor formats for GPU kernels, none writes GGUF blocks, and the algorithm is short. The steps follow the
-paper (lazy column blocks, Cholesky of the damped inverse); the per-block scale search is llama.cpp's for
-IQ4_NL (try the scales that put the largest weight on each of a few grid points, keep the one whose
-least-squares refit leaves the least weighted error), applied to the weights as GPTQ has updated them when
-the block is reached.
+paper (lazy column blocks, Cholesky of the damped inverse). Each block's parameters are chosen as llama.cpp
+chooses them, from the weights as GPTQ has updated them when the block is reached: for IQ4_NL the scale search
+(try the scales that put the largest weight on each of a few grid points, keep the one whose least-squares
+refit leaves the least weighted error); for Q4_K the per-32 affine fit (make_qkx3_quants) and the 6-bit
+quantisation of those scales and offsets per 256 (make_qp_quants), weighted as its quantize_row_q4_K weights
+them.
 """
 
 from __future__ import annotations
@@ -45,19 +50,48 @@ def _pack_q5_0(q: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class Format:
-    grid: tuple[int, ...]  # the values an index stands for, ascending
-    pack: Callable[[np.ndarray], np.ndarray]  # indices [rows, blocks, 32] → bytes after d [rows, blocks, n]
-    nbytes: int  # bytes per block, d included
+    grid: tuple[int, ...]  # the values an index stands for, ascending: weight = scale * grid[index] + offset
+    pack: Callable[..., np.ndarray]  # (indices [rows, groups, group], params) → bytes [rows, groups, nbytes]
+    nbytes: int  # bytes per group, its parameters included
+    group: int = BLOCK  # columns whose parameters are chosen together (a block, or a K-quant super-block)
 
 
-# The block types this module rewrites. IQ4_NL: 4.5 bits per weight on a non-uniform grid; Q5_0: 5.5 bits, uniform.
+def _pack_scaled(q: np.ndarray, d: np.ndarray, pack_q: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    return np.concatenate([np.ascontiguousarray(d, np.float16)[..., None].view(np.uint8), pack_q(q)], axis=2)
+
+
+def _pack_q4_k(q: np.ndarray, params: dict) -> np.ndarray:
+    """Q4_K's 144-byte super-block: fp16 d and dmin, the eight 6-bit scales and mins in 12 bytes (the first four
+    of each whole, the top two bits of the last four above them, the low four bits of the last four paired),
+    then 128 bytes of 4-bit indices: byte l of each 32-byte chunk c holds sub-block 2c's l-th index low and
+    sub-block 2c+1's high."""
+    sc, mn = params["sc"].astype(np.uint8), params["mn"].astype(np.uint8)
+    scales = np.concatenate([(sc[..., :4] & 63) | ((sc[..., 4:] >> 4) << 6),
+                             (mn[..., :4] & 63) | ((mn[..., 4:] >> 4) << 6),
+                             (sc[..., 4:] & 0x0F) | ((mn[..., 4:] & 0x0F) << 4)], axis=-1)
+    rows, groups = q.shape[:2]
+    chunks = q.reshape(rows, groups, 4, 2, BLOCK)
+    qs = (chunks[:, :, :, 0] | (chunks[:, :, :, 1] << 4)).reshape(rows, groups, 128)
+    heads = [np.ascontiguousarray(params[k], np.float16)[..., None].view(np.uint8) for k in ("d", "dmin")]
+    return np.concatenate([*heads, scales, qs], axis=2)
+
+
+# The block types this module rewrites. IQ4_NL: 4.5 bits per weight on a non-uniform grid; Q5_0: 5.5 bits,
+# uniform; Q4_K: 4.5 bits, uniform with an offset per 32 weights, its scales and offsets themselves quantised
+# per 256 (the rows that fit 256 in Q4_K_NL: SmolLM2's ffn_down).
 FORMATS = {
-    "IQ4_NL": Format((-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113), _nibbles, 18),
-    "Q5_0": Format(tuple(range(-16, 16)), _pack_q5_0, 22),
+    "IQ4_NL": Format((-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113),
+                     lambda q, d: _pack_scaled(q, d, _nibbles), 18),
+    "Q5_0": Format(tuple(range(-16, 16)), lambda q, d: _pack_scaled(q, d, _pack_q5_0), 22),
+    "Q4_K": Format(tuple(range(16)), _pack_q4_k, 144, 256),
 }
 DAMP = 0.01  # share of H's mean diagonal added to its diagonal: keeps the inverse well conditioned
-LAZY = 128  # columns whose updates are applied together (the paper's lazy batch; a multiple of BLOCK)
+LAZY = 128  # columns whose updates are applied together (the paper's lazy batch; Q4_K's take a super-block)
 SCALE_TRIES = 7  # llama.cpp's ntry for IQ4_NL: 2 * 7 + 1 scales tried per block, a 127th of the grid apart
+# Q4_K's affine fit per 32 weights, as llama.cpp's make_qkx3_quants tries it: 1 / scale from (15 + RMIN) / range
+# to (15 + RMIN + RDELTA * NSTEP) / range, each refitted by weighted least squares.
+RMIN, RDELTA, NSTEP = -0.9, 0.05, 36
+QP_TRIES = 4  # make_qp_quants: 2 * 4 + 1 steps for the 6-bit scales, a tenth of a level apart
 
 
 def second_moments(model_dir: Path, token_chunks: list[list[int]],
@@ -130,19 +164,93 @@ def block_scales(x, weight, kind: str = "IQ4_NL"):
     return scale.half().float()  # the scale the file will hold, so the rounding below uses exactly it
 
 
-def quantize_matrix(w: np.ndarray, h: np.ndarray, kind: str = "IQ4_NL", damp: float = DAMP
-                    ) -> tuple[np.ndarray, np.ndarray]:
-    """GPTQ of one matrix w [rows, cols] (cols a multiple of 32) for input second moments h [cols, cols].
-
-    Returns (indices [rows, cols] uint8 into the format's grid, scales [rows, cols/32] float16)."""
+def _affine(x, weight):
+    """Per row of x [n, 32], (scale, low) with x ≈ scale * q + low, q in 0..15, low ≤ 0, of least error
+    weighted by the row's `weight` [n, 32]: llama.cpp's search for Q4_K's sub-blocks (make_qkx3_quants)."""
     import torch
 
+    low0 = x.amin(1).clamp_max(0.0)
+    span = x.amax(1) - low0
+    safe = torch.where(span > 0, span, torch.ones_like(span))
+    sw = weight.sum(1)
+    best_err = torch.full_like(span, float("inf"))
+    scale, low = span / 15, low0.clone()
+    for k in range(NSTEP + 1):
+        q = ((RMIN + RDELTA * k + 15) / safe)[:, None].mul(x - low0[:, None]).round().clamp(0, 15)
+        sl, sl2 = (weight * q).sum(1), (weight * q * q).sum(1)
+        sx, slx = (weight * x).sum(1), (weight * q * x).sum(1)
+        det = sw * sl2 - sl * sl
+        ok = det > 0
+        a = torch.where(ok, (sw * slx - sl * sx) / torch.where(ok, det, torch.ones_like(det)), span / 15)
+        b = torch.where(ok, (sl2 * sx - sl * slx) / torch.where(ok, det, torch.ones_like(det)), low0)
+        pos = b > 0  # an offset above zero: the fit without one
+        a = torch.where(pos, slx / sl2.clamp_min(1e-30), a)
+        b = torch.where(pos, torch.zeros_like(b), b)
+        err = (weight * (a[:, None] * q + b[:, None] - x) ** 2).sum(1)
+        better = err < best_err
+        best_err, scale, low = (torch.where(better, err, best_err), torch.where(better, a, scale),
+                                torch.where(better, b, low))
+    return scale.clamp_min(0.0), low
+
+
+def _six_bit(values, weight):
+    """Per row of values [rows, 8] (≥ 0: sub-block scales or offsets), the fp16 step d and 6-bit integers
+    L (0..63) with d·L ≈ values, of least error weighted by `weight` [rows, 8]: llama.cpp's make_qp_quants (steps
+    a tenth of a level apart around max/63, each refitted by weighted least squares)."""
+    import torch
+
+    top = values.amax(1)
+    safe = torch.where(top > 0, top, torch.ones_like(top))
+    best_err = torch.full_like(top, float("inf"))
+    best_d = torch.zeros_like(top)
+    for k in range(-QP_TRIES, QP_TRIES + 1):
+        levels = ((63 + 0.1 * k) / safe)[:, None].mul(values).round().clamp(0, 63)
+        slx, sl2 = (weight * levels * values).sum(1), (weight * levels * levels).sum(1)
+        d = torch.where(sl2 > 0, slx / sl2.clamp_min(1e-30), torch.zeros_like(slx)).half().float()
+        err = (weight * (d[:, None] * levels - values) ** 2).sum(1)
+        better = err < best_err
+        best_err, best_d = torch.where(better, err, best_err), torch.where(better, d, best_d)
+    inv = torch.where(best_d > 0, 1 / best_d.clamp_min(1e-30), torch.zeros_like(best_d))
+    return best_d, (values * inv[:, None]).round().clamp(0, 63)
+
+
+def q4_k_params(x, weight) -> tuple[dict, object, object]:
+    """A Q4_K super-block per row of x [rows, 256]: each 32-wide sub-block's affine fit, then its scale and
+    offset quantised to 6 bits on the super-block's fp16 steps d and dmin, as llama.cpp's quantize_row_q4_K
+    does with an importance matrix (weights: importance × sqrt(σ² + x²), σ² twice the block's mean square).
+    Returns the parameters to pack and the per-sub-block scale and offset [rows, 8] the rounding uses."""
+    import torch
+
+    rows = x.shape[0]
+    sigma2 = 2 * (x * x).mean(1, keepdim=True)
+    w = weight[None, :] * torch.sqrt(sigma2 + x * x)
+    scale, low = (v.reshape(rows, 8) for v in _affine(x.reshape(rows * 8, BLOCK), w.reshape(rows * 8, BLOCK)))
+    sub_weight = w.reshape(rows, 8, BLOCK).sum(2)
+    d, sc = _six_bit(scale, sub_weight)
+    dmin, mn = _six_bit(-low, sub_weight)
+    params = {"d": d.numpy().astype(np.float16), "dmin": dmin.numpy().astype(np.float16),
+              "sc": sc.numpy().astype(np.uint8), "mn": mn.numpy().astype(np.uint8)}
+    return params, d[:, None] * sc, -(dmin[:, None] * mn)
+
+
+def quantize_matrix(w: np.ndarray, h: np.ndarray, kind: str = "IQ4_NL", damp: float = DAMP
+                    ) -> tuple[np.ndarray, np.ndarray | dict]:
+    """GPTQ of one matrix w [rows, cols] (cols a multiple of the format's group) for input second moments h
+    [cols, cols].
+
+    Returns (indices [rows, cols] uint8 into the format's grid, the groups' parameters): for the 32-wide formats
+    their scales [rows, cols/32] float16; for Q4_K a dict of d, dmin [rows, cols/256] and the 6-bit sub-block
+    scales sc and offsets mn [rows, cols/256, 8]."""
+    import torch
+
+    fmt = FORMATS[kind]
     grid, mid = _grid(kind)
     W = torch.from_numpy(np.array(w, dtype=np.float32))
     H = torch.from_numpy(np.array(h, dtype=np.float64))
     rows, cols = W.shape
-    if cols % BLOCK or H.shape != (cols, cols):
-        raise ValueError(f"matrix {tuple(W.shape)} and second moments {tuple(H.shape)} do not fit 32-wide blocks")
+    if cols % fmt.group or H.shape != (cols, cols):
+        raise ValueError(f"matrix {tuple(W.shape)} and second moments {tuple(H.shape)} do not fit "
+                         f"{fmt.group}-wide blocks")
     dead = torch.diag(H) == 0  # an input column never active: its weights cannot matter
     H[dead, dead] = 1
     W[:, dead] = 0
@@ -151,40 +259,53 @@ def quantize_matrix(w: np.ndarray, h: np.ndarray, kind: str = "IQ4_NL", damp: fl
     # the upper Cholesky factor of H⁻¹ gives, row by row, how a column's error spreads over the later columns
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).to(torch.float32)
     index = torch.zeros(rows, cols, dtype=torch.uint8)
-    scales = torch.zeros(rows, cols // BLOCK)
-    for c1 in range(0, cols, LAZY):
-        c2 = min(c1 + LAZY, cols)
+    groups: list = []
+    lazy = max(LAZY, fmt.group)
+    for c1 in range(0, cols, lazy):
+        c2 = min(c1 + lazy, cols)
         W1 = W[:, c1:c2].clone()
         err = torch.zeros_like(W1)
         hi = hinv[c1:c2, c1:c2]
         for i in range(c2 - c1):
             c = c1 + i
-            if c % BLOCK == 0:  # a new block: its scale from the weights as the earlier columns left them
-                d = block_scales(W1[:, i:i + BLOCK], importance_w[c:c + BLOCK], kind)
-                scales[:, c // BLOCK] = d
+            if c % fmt.group == 0:  # a new group: its parameters from the weights as the earlier columns left them
+                block = W1[:, i:i + fmt.group]
+                if kind == "Q4_K":
+                    params, scale_g, offset_g = q4_k_params(block, importance_w[c:c + fmt.group])
+                else:
+                    params = block_scales(block, importance_w[c:c + fmt.group], kind)
+                    scale_g, offset_g = params[:, None], torch.zeros(rows, 1)
+                groups.append(params)
+            if c % BLOCK == 0:  # this 32-wide block's scale and offset
+                j = (c % fmt.group) // BLOCK
+                d, off = scale_g[:, j], offset_g[:, j]
                 inv = torch.where(d == 0, torch.zeros_like(d), 1 / torch.where(d == 0, torch.ones_like(d), d))
-            idx = torch.bucketize(W1[:, i] * inv, mid)
+            idx = torch.bucketize((W1[:, i] - off) * inv, mid)
             index[:, c] = idx.to(torch.uint8)
-            e = (W1[:, i] - d * grid[idx]) / hi[i, i]
+            e = (W1[:, i] - (d * grid[idx] + off)) / hi[i, i]
             W1[:, i:] -= e[:, None] * hi[i, i:][None, :]
             err[:, i] = e
         W[:, c2:] -= err @ hinv[c1:c2, c2:]
-    return index.numpy(), scales.numpy().astype(np.float16)
+    if kind == "Q4_K":
+        return index.numpy(), {k: np.stack([g[k] for g in groups], axis=1) for k in groups[0]}
+    return index.numpy(), torch.stack(groups, 1).numpy().astype(np.float16)
 
 
-def encode(index: np.ndarray, scales: np.ndarray, kind: str = "IQ4_NL") -> np.ndarray:
-    """Blocks of `kind`, row-major, as llama.cpp lays them out (fp16 d first)."""
+def encode(index: np.ndarray, params, kind: str = "IQ4_NL") -> np.ndarray:
+    """Blocks of `kind`, row-major, as llama.cpp lays them out (parameters first), from quantize_matrix's
+    indices and parameters."""
+    fmt = FORMATS[kind]
     rows, cols = index.shape
-    q = index.astype(np.uint8).reshape(rows, cols // BLOCK, BLOCK)
-    d = np.ascontiguousarray(scales, dtype=np.float16).reshape(rows, cols // BLOCK, 1).view(np.uint8)
-    return np.concatenate([d, FORMATS[kind].pack(q).astype(np.uint8)], axis=2).reshape(-1)
+    q = index.astype(np.uint8).reshape(rows, cols // fmt.group, fmt.group)
+    return fmt.pack(q, params).astype(np.uint8).reshape(-1)
 
 
 def decode(blocks: np.ndarray, rows: int, cols: int, kind: str = "IQ4_NL") -> np.ndarray:
     """The weights a file's blocks of `kind` stand for (gguf-py's reading of them, as llama.cpp's)."""
     import gguf
 
-    data = np.asarray(blocks, dtype=np.uint8).reshape(rows, cols // BLOCK * FORMATS[kind].nbytes)
+    fmt = FORMATS[kind]
+    data = np.asarray(blocks, dtype=np.uint8).reshape(rows, cols // fmt.group * fmt.nbytes)
     return gguf.quants.dequantize(data, gguf.GGMLQuantizationType[kind]).reshape(rows, cols)
 
 
