@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup test test-slow demo reproduce agent agent-student bench bench-all bench-curate bench-curate-ray bench-distill bench-faults bench-finetune bench-finetune-memory bench-serve bench-serve-concurrency bench-route bench-quantize bench-quant-mixture bench-prefill bench-quantize-reference lint clean
+.PHONY: setup test test-slow demo reproduce agent agent-student bench bench-all bench-curate bench-curate-ray bench-distill bench-faults bench-finetune bench-finetune-compile bench-finetune-memory bench-serve bench-serve-concurrency bench-route bench-quantize bench-quant-mixture bench-prefill bench-quantize-reference lint clean
 
 setup: $(STAMP)
 
@@ -102,6 +102,13 @@ bench-route: setup
 
 bench-finetune: setup
 	$(BIN)/python scripts/bench_finetune.py
+
+# finetune.torch_compile against eager, float32 and (where the CPU has native bf16) bf16 autocast; each compiled
+# variant's first step compiles for minutes and is not timed (bench-results/finetune_compile.json).
+bench-finetune-compile: setup
+	$(BIN)/python scripts/bench_finetune.py --compile --skip-memory --rounds $(or $(ROUNDS),1) --steps 4 \
+	  --only slmkit_lora slmkit_lora_compiled slmkit_lora_bf16_autocast slmkit_lora_bf16_autocast_compiled \
+	  --out bench-results/finetune_compile.json
 
 # slmkit serve --parallel: throughput and TTFT by slots (1, 2) x concurrent clients (1, 4, 8).
 bench-serve-concurrency: setup

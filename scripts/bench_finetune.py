@@ -174,6 +174,10 @@ def main() -> None:
     ap.add_argument("--memory-steps", type=int, default=2)
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--bf16", action="store_true", help="time the bf16 variants even on a CPU without native bf16")
+    ap.add_argument("--compile", action="store_true", help="also time slmkit LoRA (and bf16 autocast) with "
+                    "finetune.torch_compile")
+    ap.add_argument("--only", nargs="+", default=None, metavar="VARIANT",
+                    help="time only these slmkit variants (the plain PEFT loop always runs)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "finetune.json")
     args = ap.parse_args()
 
@@ -205,6 +209,20 @@ def main() -> None:
             # and optimiser; bf16 weights also halve what the frozen base takes. Elsewhere both are emulated.
             variants["slmkit_lora_bf16_autocast"] = ({"autocast": "bfloat16"}, longest)
             variants["slmkit_lora_bf16_weights"] = ({"dtype": "bfloat16"}, longest)
+        if args.compile:
+            # torch.compile (inductor): the first step compiles (minutes on 2 cores) and is not timed, as every
+            # variant's first step is not; the later steps show what compiled kernels buy.
+            for name in [k for k in variants if k in ("slmkit_lora", "slmkit_lora_bf16_autocast")]:
+                variants[f"{name}_compiled"] = ({**variants[name][0], "torch_compile": True}, variants[name][1])
+        if args.only:
+            unknown = sorted(set(args.only) - set(variants))
+            absent = [k for k in unknown if "bf16" in k and not (native_bf16 or args.bf16)]
+            if absent:
+                print(f"--only: {', '.join(absent)}: not timed, this CPU has no native bf16 (--bf16 times it anyway)")
+            if set(unknown) - set(absent):
+                ap.error(f"--only: unknown variant {', '.join(sorted(set(unknown) - set(absent)))} "
+                         f"(choose from {', '.join(variants)})")
+            variants = {k: v for k, v in variants.items() if k in args.only}
         runs: dict[str, list[float]] = {"plain_peft_padded": [], **{k: [] for k in variants}}
         info: dict = {}
         for rnd in range(args.rounds):
@@ -224,7 +242,7 @@ def main() -> None:
                                              args.threads)
                 print(f"{method}: {memory[method]}", flush=True)
     medians = {k: round(statistics.median(v), 1) for k, v in runs.items()}
-    base, slm = medians["plain_peft_padded"], medians["slmkit_lora"]
+    base, slm = medians["plain_peft_padded"], medians.get("slmkit_lora")
     result = {
         "bench": "finetune",
         "model": args.model,
@@ -236,10 +254,10 @@ def main() -> None:
                      "lora_r": args.rank, "threads": args.threads},
         "throughput_tokens_per_s": medians,
         "per_step_tokens_per_s": {k: [round(x, 1) for x in v] for k, v in runs.items()},
-        "speedup": round(slm / base, 3),
+        "speedup": round(slm / base, 3) if slm else None,
         "speedup_by_variant": {k: round(v / base, 3) for k, v in medians.items()},
         "target_speedup": 1.3,
-        "meets_target": slm / base >= 1.3,
+        "meets_target": slm / base >= 1.3 if slm else None,
         "slmkit_variants": info,
         "peak_memory": memory,
         "host": {"machine": platform.machine(), "python": platform.python_version(), "torch": torch.__version__,

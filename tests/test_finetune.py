@@ -316,3 +316,22 @@ def test_kd_without_teacher_rows_is_named(tiny_model_dir, tmp_path):
     data = write_data(tmp_path / "d.jsonl", 4)
     with pytest.raises(SlmkitError, match=r"d.jsonl:1: finetune.kd is set but the record has no 'teacher_topk'"):
         train(config(tiny_model_dir, data, kd={"alpha": 0.5}), make_ctx(tmp_path / "o"))
+
+
+def test_torch_compile_compiles_the_model_once_and_trains(tiny_model_dir, tmp_path, monkeypatch):
+    """finetune.torch_compile hands the model to torch.compile (inductor) once; the real compile is measured
+    by bench-finetune (minutes on 2 cores), so here torch.compile is recorded and returns the model as is."""
+    compiled = []
+
+    def record(model, **kwargs):
+        compiled.append((type(model).__name__, kwargs.get("backend")))
+        return model
+
+    monkeypatch.setattr(torch, "compile", record)
+    data = write_data(tmp_path / "d.jsonl", 8)
+    train(config(tiny_model_dir, data, max_steps=2, eval_fraction=0.0, keep="last"), make_ctx(tmp_path / "plain"))
+    assert compiled == []
+    train(config(tiny_model_dir, data, max_steps=2, eval_fraction=0.0, keep="last", torch_compile=True),
+          make_ctx(tmp_path / "out"))
+    assert compiled == [("PeftModelForCausalLM", "inductor")]
+    assert (tmp_path / "out" / "adapter" / "adapter_model.safetensors").exists()

@@ -72,6 +72,9 @@ class FinetuneConfig(StrictModel):
         "none", description="run the forward and backward passes under bfloat16 autocast (weights, LoRA and "
                             "optimiser stay float32): fast on CPUs with native bf16 (AMX, AVX512-BF16), slow "
                             "elsewhere; measured by bench-finetune. Off by default: the numbers move with it")
+    torch_compile: bool = Field(False, description="compile the model with torch.compile (inductor): later "
+                                "steps run faster, the first pays for compiling (minutes for a 135M model on 2 "
+                                "CPU cores, again for the first eval); for long runs. Measured by bench-finetune")
     gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, slower "
                                                            "(memory_budget turns it on when needed)")
     memory_budget: str | float | None = Field(
@@ -279,7 +282,7 @@ def train(config: FinetuneConfig, ctx: StageContext, callbacks=()) -> Outcome:
         label_names=["labels"], remove_unused_columns=False, prediction_loss_only=True, report_to=[],
         disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False,
         bf16=(config.dtype == "bfloat16" and torch.cuda.is_available()) or config.autocast == "bfloat16",
-        ddp_find_unused_parameters=False,
+        ddp_find_unused_parameters=False, torch_compile=config.torch_compile,
         # Without use_cpu, accelerate sees no GPU and no CPU request and runs every process as a world of one.
         use_cpu=not torch.cuda.is_available(),
         ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None,
