@@ -119,7 +119,13 @@ def test_a_dead_endpoint_is_skipped_and_nothing_is_answered_twice(tmp_path, endp
 
 
 def test_kill_and_rerun_asks_nothing_already_answered(tmp_path, endpoints):
-    a, b = endpoints(die_after=2), endpoints(die_after=2)
+    from slmkit.pipelines.serving.server import free_port
+
+    # Ports from serve's range (18000-19999), below the kernel's ephemeral range: while the servers are down no
+    # client connection can take them as its source port, so they can be bound again. A port the kernel hands
+    # out (port 0) can be, and the rebind then fails with EADDRINUSE (seen with the slow tests running beside).
+    a = endpoints(die_after=2, port=free_port())
+    b = endpoints(die_after=2, port=free_port())
     prompts = _prompts(tmp_path, 8)
     first = distill.run(_config([a.url, b.url], prompts, retries=0, concurrency=2), _ctx(tmp_path, "first"))
     answered = a.answered + b.answered
