@@ -72,9 +72,10 @@ class FinetuneConfig(StrictModel):
         "none", description="run the forward and backward passes under bfloat16 autocast (weights, LoRA and "
                             "optimiser stay float32): fast on CPUs with native bf16 (AMX, AVX512-BF16), slow "
                             "elsewhere; measured by bench-finetune. Off by default: the numbers move with it")
-    torch_compile: bool = Field(False, description="compile the model with torch.compile (inductor): later "
-                                "steps run faster, the first pays for compiling (minutes for a 135M model on 2 "
-                                "CPU cores, again for the first eval); for long runs. Measured by bench-finetune")
+    torch_compile: bool = Field(False, description="compile the model with torch.compile (inductor); the first "
+                                "step pays for compiling (minutes for a 135M model on 2 CPU cores). Measured by "
+                                "make bench-finetune-compile: no gain for slmkit's packed LoRA steps on a 2-core "
+                                "CPU (0.96x float32), though a plain padded loop gained 17%")
     gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, slower "
                                                            "(memory_budget turns it on when needed)")
     memory_budget: str | float | None = Field(
