@@ -214,7 +214,15 @@ def _six_bit(values, weight):
     return best_d, (values * inv[:, None]).round().clamp(0, 63)
 
 
-def q4_k_params(x, weight) -> tuple[dict, object, object]:
+def _scaled_params(x, weight, kind: str):
+    """A 32-wide block's fit (IQ4_NL, Q5_0): its scale, which is also its parameters, and no offset."""
+    import torch
+
+    d = block_scales(x, weight, kind)
+    return d, d[:, None], torch.zeros(x.shape[0], 1)
+
+
+def q4_k_params(x, weight, kind: str = "Q4_K") -> tuple[dict, object, object]:
     """A Q4_K super-block per row of x [rows, 256]: each 32-wide sub-block's affine fit, then its scale and
     offset quantised to 6 bits on the super-block's fp16 steps d and dmin, as llama.cpp's quantize_row_q4_K
     does with an importance matrix (weights: importance × sqrt(σ² + x²), σ² twice the block's mean square).
@@ -231,6 +239,11 @@ def q4_k_params(x, weight) -> tuple[dict, object, object]:
     params = {"d": d.numpy().astype(np.float16), "dmin": dmin.numpy().astype(np.float16),
               "sc": sc.numpy().astype(np.uint8), "mn": mn.numpy().astype(np.uint8)}
     return params, d[:, None] * sc, -(dmin[:, None] * mn)
+
+
+# The group fits that are not a 32-wide block's scale: (weights [rows, group], importance [group], kind) →
+# (parameters to pack, scale and offset [rows, group / 32] that the rounding uses).
+GROUP_FIT = {"Q4_K": q4_k_params}
 
 
 def quantize_matrix(w: np.ndarray, h: np.ndarray, kind: str = "IQ4_NL", damp: float = DAMP
@@ -269,12 +282,8 @@ def quantize_matrix(w: np.ndarray, h: np.ndarray, kind: str = "IQ4_NL", damp: fl
         for i in range(c2 - c1):
             c = c1 + i
             if c % fmt.group == 0:  # a new group: its parameters from the weights as the earlier columns left them
-                block = W1[:, i:i + fmt.group]
-                if kind == "Q4_K":
-                    params, scale_g, offset_g = q4_k_params(block, importance_w[c:c + fmt.group])
-                else:
-                    params = block_scales(block, importance_w[c:c + fmt.group], kind)
-                    scale_g, offset_g = params[:, None], torch.zeros(rows, 1)
+                fit = GROUP_FIT.get(kind, _scaled_params)
+                params, scale_g, offset_g = fit(W1[:, i:i + fmt.group], importance_w[c:c + fmt.group], kind)
                 groups.append(params)
             if c % BLOCK == 0:  # this 32-wide block's scale and offset
                 j = (c % fmt.group) // BLOCK
@@ -286,7 +295,7 @@ def quantize_matrix(w: np.ndarray, h: np.ndarray, kind: str = "IQ4_NL", damp: fl
             W1[:, i:] -= e[:, None] * hi[i, i:][None, :]
             err[:, i] = e
         W[:, c2:] -= err @ hinv[c1:c2, c2:]
-    if kind == "Q4_K":
+    if isinstance(groups[0], dict):  # several arrays per group (Q4_K): each stacked over the groups
         return index.numpy(), {k: np.stack([g[k] for g in groups], axis=1) for k in groups[0]}
     return index.numpy(), torch.stack(groups, 1).numpy().astype(np.float16)
 
