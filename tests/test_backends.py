@@ -371,3 +371,46 @@ def _openai_body_without_schema() -> dict:
     with ScriptEndpoint([(200, {}, _chat_body())]) as ep:
         _openai(ep.url).complete(Request(messages=HELLO))
     return ep.seen[0]["body"]
+
+
+def _generate_pushed_to_control_chars(path, grammar) -> str:
+    """Greedy text from the tiny random model, every token that holds a control character (newline, tab, ...)
+    raised far above the rest, under `grammar`: what comes out is what the grammar lets through."""
+    import numpy as np
+    from llama_cpp import Llama, LogitsProcessorList
+
+    llm = Llama(model_path=str(path), n_ctx=256, n_threads=1, verbose=False)
+    try:
+        pieces = [llm.detokenize([t]).decode("utf-8", "ignore") for t in range(llm.n_vocab())]
+        control = np.array([any(ord(c) < 0x20 for c in p) for p in pieces])
+        assert control.any(), "the tiny tokenizer should hold control characters"
+
+        def push(_ids, logits):
+            return np.where(control, logits + 1e4, logits)
+
+        out = llm.create_completion("Write:", max_tokens=24, temperature=0.0, grammar=grammar,
+                                    logits_processor=LogitsProcessorList([push]))
+        return out["choices"][0]["text"]
+    finally:
+        llm.close()
+
+
+def test_a_schema_grammar_keeps_control_characters_out_of_strings(tiny_gguf):
+    import json
+
+    from llama_cpp import LlamaGrammar
+
+    from slmkit.pipelines.backends.gguf_client import schema_grammar
+
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"],
+              "additionalProperties": False}
+    # llama-cpp-python's converter alone lets the pushed newline into the string: no JSON parser takes it
+    loose = _generate_pushed_to_control_chars(tiny_gguf, LlamaGrammar.from_json_schema(json.dumps(schema),
+                                                                                        verbose=False))
+    assert any(ord(c) < 0x20 for c in loose.split('"answer"', 1)[1])
+    with pytest.raises(ValueError, match="control character"):
+        json.loads(loose + '"}')
+    # slmkit's grammar holds the string to JSON's characters, however hard the model pushes
+    held = _generate_pushed_to_control_chars(tiny_gguf, schema_grammar(schema))
+    assert held.startswith('{') and '"answer"' in held
+    assert not any(ord(c) < 0x20 for c in held.split('"answer"', 1)[1])
