@@ -18,13 +18,14 @@ from slmkit.cli.app import app
 from slmkit.pipelines.agent import scoring
 from slmkit.pipelines.agent.code_runner import run_code
 from slmkit.pipelines.agent.lm_runner import run_lm
+from slmkit.pipelines.agent.trace import RunOptions
 from slmkit.pipelines.agent.workflow import load_workflow
 from slmkit.pipelines.backends import ClientSpec, make_client
 from slmkit.pipelines.core.errors import SlmkitError
 
 ROOT = Path(__file__).resolve().parents[1]
 SUPPORT = ROOT / "recipes" / "data" / "agent_support.yaml"
-OPTS = type("Opts", (), {"max_steps": 6, "max_tokens": 128, "temperature": 0.0, "seed": None})()
+OPTS = RunOptions(max_steps=6, max_tokens=128, temperature=0.0, seed=None)
 FLAKY_CALLS: list[str] = []
 
 
@@ -163,6 +164,17 @@ def test_a_model_step_that_does_not_fit_is_retried_then_stops_the_run():
         trace = run_code(wf, task, client(ep.url), OPTS)
     assert trace.status == "stopped" and trace.invalid_outputs == 2 and len(ep.seen) == 2  # retries: 1
     assert "read_ticket" in trace.error and not trace.calls
+
+
+@pytest.mark.parametrize("runner", [run_code, run_lm])
+def test_every_model_call_of_a_run_carries_its_sampling_settings(runner):
+    wf, task = task_of("full_refund")
+    opts = RunOptions(max_steps=6, max_tokens=128, temperature=0.7, seed=3, frequency_penalty=0.5)
+    with ScriptEndpoint(perfect_agent) as ep:
+        runner(wf, task, client(ep.url), opts)
+    assert len(ep.seen) >= 2
+    assert all((s["body"]["temperature"], s["body"]["seed"], s["body"]["frequency_penalty"]) == (0.7, 3, 0.5)
+               for s in ep.seen)
 
 
 # ---------------------------------------------------------------- scoring

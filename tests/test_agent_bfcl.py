@@ -10,11 +10,11 @@ from helpers import ScriptEndpoint
 from test_agent import client, reply
 
 from slmkit.pipelines.agent import bfcl
-from slmkit.pipelines.agent.trace import Call, Trace
+from slmkit.pipelines.agent.trace import Call, RunOptions, Trace
 from slmkit.pipelines.core.errors import SlmkitError
 
 pytest.importorskip("bfcl_eval", reason="bfcl-eval is installed by make setup (pip install --no-deps)")
-OPTS = type("Opts", (), {"max_steps": 4, "max_tokens": 128, "temperature": 0.0, "seed": None})()
+OPTS = RunOptions(max_steps=4, max_tokens=128, temperature=0.0, seed=None)
 
 
 def item(subset: str, item_id: str) -> bfcl.Item:

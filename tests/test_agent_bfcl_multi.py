@@ -11,10 +11,11 @@ from helpers import ScriptEndpoint
 from test_agent import client, reply
 
 from slmkit.pipelines.agent import bfcl_multi
+from slmkit.pipelines.agent.trace import RunOptions
 from slmkit.pipelines.core.errors import SlmkitError
 
 pytest.importorskip("bfcl_eval", reason="bfcl-eval is installed by make setup (pip install --no-deps)")
-OPTS = type("Opts", (), {"max_steps": 6, "max_tokens": 128, "temperature": 0.0, "seed": None})()
+OPTS = RunOptions(max_steps=6, max_tokens=128, temperature=0.0, seed=None)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from helpers import smollm2_gguf
 from slmkit.pipelines.agent.code_runner import run_code
 from slmkit.pipelines.agent.lm_runner import run_lm
 from slmkit.pipelines.agent.tools import schema_problems
-from slmkit.pipelines.agent.trace import STATUSES, parse_json
+from slmkit.pipelines.agent.trace import STATUSES, RunOptions, parse_json
 from slmkit.pipelines.agent.workflow import load_workflow
 from slmkit.pipelines.backends import ClientSpec, make_client
 from slmkit.pipelines.serving.server import serve_gguf
@@ -21,7 +21,7 @@ SMOLLM2 = smollm2_gguf()
 
 
 def opts(max_steps: int):
-    return type("Opts", (), {"max_steps": max_steps, "max_tokens": 160, "temperature": 0.0, "seed": None})()
+    return RunOptions(max_steps=max_steps, max_tokens=160, temperature=0.0, seed=None)
 
 
 @pytest.mark.slow

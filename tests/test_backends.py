@@ -414,3 +414,23 @@ def test_a_schema_grammar_keeps_control_characters_out_of_strings(tiny_gguf):
     held = _generate_pushed_to_control_chars(tiny_gguf, schema_grammar(schema))
     assert held.startswith('{') and '"answer"' in held
     assert not any(ord(c) < 0x20 for c in held.split('"answer"', 1)[1])
+
+
+@pytest.mark.parametrize("kind", ["gguf", "hf"])
+def test_a_frequency_penalty_breaks_a_local_models_repetition(kind, tiny_gguf, tiny_model_dir):
+    """Greedy, the tiny random model repeats a few tokens; with OpenAI's frequency penalty at its maximum each
+    repeat costs 2 logits, so the same request comes back with more distinct tokens."""
+    from transformers import AutoTokenizer
+
+    location = str(tiny_gguf if kind == "gguf" else tiny_model_dir)
+    client = make_client(ClientSpec(kind=kind, location=location, api="completions", n_ctx=256, n_threads=1))
+    try:
+        plain = client.complete(Request(messages=HELLO, max_tokens=40))
+        penalised = client.complete(Request(messages=HELLO, max_tokens=40, frequency_penalty=2.0))
+    finally:
+        client.close()
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)  # the gguf's tokenizer too: exported from it
+
+    def distinct(text):
+        return len(set(tok(text, add_special_tokens=False)["input_ids"]))
+    assert distinct(penalised.text) > distinct(plain.text), (plain.text, penalised.text)

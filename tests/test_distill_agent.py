@@ -89,3 +89,15 @@ def test_the_workflow_tasks_file_is_part_of_the_fingerprint(tmp_path):
     found = {str(v) for v in input_values(_config("http://127.0.0.1:9/v1"))}
     assert str(SUPPORT) in found and any(v.endswith("agent_tasks.jsonl") for v in found)
     assert any(v.endswith("support_tools.py") for v in found)
+
+
+def test_a_frequency_penalty_reaches_the_teacher_and_is_asked_anew(tmp_path):
+    """The penalty is sent with every teacher call, and a run with another penalty is not answered from the
+    cache of a run without one (the answers differ); without it, the cache keys are those of before."""
+    with ScriptEndpoint(perfect_agent) as ep:
+        distill.run(_config(ep.url, limit=1), distill_ctx(tmp_path))
+        plain = len(ep.seen)
+        res = distill.run(_config(ep.url, limit=1, frequency_penalty=0.5), distill_ctx(tmp_path, "penalised"))
+    assert "frequency_penalty" not in ep.seen[0]["body"]
+    assert res.metrics["requests_new"] == plain == len(ep.seen) - plain
+    assert all(s["body"]["frequency_penalty"] == 0.5 for s in ep.seen[plain:])

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from slmkit.pipelines.agent.trace import RunOptions
 from slmkit.pipelines.bench.targets import TargetConfig
 from slmkit.pipelines.core import machine
 from slmkit.pipelines.core.errors import SlmkitError, StageFailed
@@ -50,6 +51,9 @@ class AgentConfig(StrictModel):
     temperature: float = Field(0.7, ge=0, le=2, description="sampling temperature when k > 1 (k = 1: greedy)")
     max_steps: int = Field(8, gt=0, description="lm mode: model turns per task before the run is stopped")
     max_tokens: int = Field(192, gt=0, description="answer length limit per model turn")
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, description="OpenAI's frequency_penalty on every model "
+                                     "call (llama.cpp: over the last 64 tokens); against text that repeats "
+                                     "itself until max_tokens cuts its JSON open")
     limit: int | None = Field(None, gt=0, description="the workflow's first N tasks (null: all)")
     hardware_usd_per_hour: float = Field(0.09, ge=0, description="a local target's cost: its model seconds at "
                                                                  "this price (endpoints: their token prices)")
@@ -69,14 +73,6 @@ class AgentConfig(StrictModel):
         if dupes:
             raise ValueError(f"two targets share the label {', '.join(dupes)}; give each a `label`")
         return self
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    max_steps: int
-    max_tokens: int
-    temperature: float
-    seed: int | None
 
 
 @dataclass
@@ -193,7 +189,7 @@ def _run_target(spec: TargetConfig, suites: list[Suite], config: AgentConfig, ct
                             sampled = config.k > 1
                             opts = RunOptions(config.max_steps, config.max_tokens,
                                               config.temperature if sampled else 0.0,
-                                              ctx.seed + r if sampled else None)
+                                              ctx.seed + r if sampled else None, config.frequency_penalty)
                             rec = suite.run(task, mode, client, opts)
                             records.append({"suite": suite.name, "target": label, "mode": mode, "run": r, **rec})
                     done = [x for x in records if x["suite"] == suite.name and x["mode"] == mode]
@@ -236,7 +232,8 @@ def run(config: AgentConfig, ctx: StageContext) -> Outcome:
         "machine": machine.describe(),
         "suites": [{"name": s.name, "source": s.source, "items": len(s.tasks), "modes": s.modes} for s in suites],
         "k": config.k, "temperature": config.temperature if config.k > 1 else 0.0,
-        "max_steps": config.max_steps, "failed_targets": failed, "rows": rows,
+        "max_steps": config.max_steps, "frequency_penalty": config.frequency_penalty, "failed_targets": failed,
+        "rows": rows,
     }
     write_json(ctx.out / "agent.json", result)
     write_jsonl(ctx.out / "runs.jsonl", records)

@@ -31,7 +31,7 @@ from typing import Any
 from slmkit.pipelines.agent.lm_runner import action_schema, parse_action
 from slmkit.pipelines.agent.tools import Tool
 from slmkit.pipelines.agent.trace import Call, Trace
-from slmkit.pipelines.backends import Request, RequestError
+from slmkit.pipelines.backends import RequestError
 from slmkit.pipelines.core.errors import SlmkitError
 
 # slmkit's subset name -> BFCL v4's file stem; whether the item has a ground-truth call (irrelevance: none).
@@ -215,13 +215,13 @@ def run_item(item: Item, mode: str, client, opts) -> Trace:
 
 
 def _lm(item: Item, tools: dict[str, Tool], client, opts, trace: Trace) -> None:
-    from slmkit.pipelines.agent.lm_runner import record_invalid, system_message, turn_request
+    from slmkit.pipelines.agent.lm_runner import record_invalid, system_message
 
     schema = action_schema(tools)
     messages = [{"role": "system", "content": system_message(SYSTEM, tools)},
                 {"role": "user", "content": item.question}]
     trace.steps = 1
-    c = trace.ask(client, turn_request(messages, schema, opts))
+    c = trace.ask(client, opts.request(messages, schema))
     trace.transcript = [*messages, {"role": "assistant", "content": c.text}]
     action, why = parse_action(c.text, schema)
     if action is None:
@@ -241,8 +241,7 @@ def _code(item: Item, tools: dict[str, Tool], client, opts, trace: Trace) -> Non
                                         "does this request call? Answer \"none\" if no function fits. Answer "
                                         'as JSON: {"function": "<name>"}'}]
     trace.steps = 1
-    c = trace.ask(client, Request(messages=pick, max_tokens=64, temperature=opts.temperature, seed=opts.seed,
-                                  json_schema=pick_schema))
+    c = trace.ask(client, opts.request(pick, pick_schema, 64))
     trace.transcript = [*pick, {"role": "assistant", "content": c.text}]
     value, why = parse_action(c.text, pick_schema)
     if value is None:
@@ -258,8 +257,7 @@ def _code(item: Item, tools: dict[str, Tool], client, opts, trace: Trace) -> Non
                                         f"Arguments (JSON Schema): {json.dumps(tool.parameters)}\n\nAnswer "
                                         "with the arguments as one JSON object."}]
     trace.steps = 2
-    c = trace.ask(client, Request(messages=fill, max_tokens=opts.max_tokens, temperature=opts.temperature,
-                                  seed=opts.seed, json_schema=tool.parameters))
+    c = trace.ask(client, opts.request(fill, tool.parameters))
     trace.transcript += [*fill, {"role": "assistant", "content": c.text}]
     args, why = parse_action(c.text, tool.parameters)
     if args is None:

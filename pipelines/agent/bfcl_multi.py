@@ -35,7 +35,6 @@ from slmkit.pipelines.agent.lm_runner import (
     parse_action,
     record_invalid,
     system_message,
-    turn_request,
 )
 from slmkit.pipelines.agent.tools import Tool
 from slmkit.pipelines.agent.trace import Call, Trace
@@ -197,7 +196,7 @@ def run_item(item: MultiItem, mode: str, client, opts) -> tuple[Trace, list[dict
 def _turn(messages, tools, schema, env, client, opts, trace: Trace) -> None:
     for _ in range(opts.max_steps):
         trace.steps += 1
-        c = trace.ask(client, turn_request(messages, schema, opts))
+        c = trace.ask(client, opts.request(messages, schema))
         messages.append({"role": "assistant", "content": c.text})
         action, why = parse_action(c.text, schema)
         if action is None:

@@ -15,7 +15,7 @@ from typing import Any
 from slmkit.pipelines.agent.tools import schema_problems
 from slmkit.pipelines.agent.trace import Trace, parse_json, run_tool
 from slmkit.pipelines.agent.workflow import END, Step, Task, Workflow
-from slmkit.pipelines.backends import Request, RequestError
+from slmkit.pipelines.backends import RequestError
 
 _REF = re.compile(r"^\$([A-Za-z_][\w.]*)$")
 _TEMPLATE = re.compile(r"\{([A-Za-z_][\w.]*)\}")
@@ -65,8 +65,7 @@ def _model_step(step: Step, env: dict, client, trace: Trace, opts) -> tuple[Any,
     m = step.model
     messages = ([{"role": "system", "content": m.system}] if m.system else []) + \
         [{"role": "user", "content": render(m.prompt, env)}]
-    c = trace.ask(client, Request(messages=messages, max_tokens=m.max_tokens, temperature=opts.temperature,
-                                  seed=opts.seed, json_schema=m.schema_))
+    c = trace.ask(client, opts.request(messages, m.schema_, m.max_tokens))
     trace.transcript.append({"step": "model", "system": m.system, "prompt": messages[-1]["content"],
                              "answer": c.text})
     value, why = parse_json(c.text)

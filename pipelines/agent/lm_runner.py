@@ -19,7 +19,7 @@ import json
 from slmkit.pipelines.agent.tools import Tool, schema_problems
 from slmkit.pipelines.agent.trace import Call, Trace, parse_json, run_tool
 from slmkit.pipelines.agent.workflow import Task, Workflow
-from slmkit.pipelines.backends import Request, RequestError
+from slmkit.pipelines.backends import RequestError
 
 # No maxLength: llama.cpp expands a bounded repetition into that many nested rules, and sampling under it slows
 # to seconds per token (a 400-character bound took a turn from 3 s to over 2 minutes); max_tokens bounds it.
@@ -55,11 +55,6 @@ def parse_action(text: str, schema: dict) -> tuple[dict | None, str | None]:
     return (value, None) if why is None else (None, why)
 
 
-def turn_request(messages: list[dict], schema: dict, opts) -> Request:
-    return Request(messages=messages, max_tokens=opts.max_tokens, temperature=opts.temperature, seed=opts.seed,
-                   json_schema=schema)
-
-
 def run_lm(workflow: Workflow, task: Task, client, opts) -> Trace:
     tools = workflow.tools
     schema = action_schema(tools)
@@ -71,7 +66,7 @@ def run_lm(workflow: Workflow, task: Task, client, opts) -> Trace:
     try:
         while trace.steps < opts.max_steps:
             trace.steps += 1
-            c = trace.ask(client, turn_request(messages, schema, opts))
+            c = trace.ask(client, opts.request(messages, schema))
             messages.append({"role": "assistant", "content": c.text})
             action, why = parse_action(c.text, schema)
             if action is None:

@@ -51,7 +51,8 @@ COLUMNS: list[tuple[str, Any]] = [
 
 def _title(result: dict) -> str:
     suites = ", ".join(f"{s['name']} ({s['items']})" for s in result["suites"])
-    return f"agent · {suites} · k={result['k']}"
+    penalty = result.get("frequency_penalty")
+    return f"agent · {suites} · k={result['k']}" + (f" · frequency penalty {penalty}" if penalty else "")
 
 
 def print_table(result: dict, console) -> None:

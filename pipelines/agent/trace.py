@@ -18,6 +18,22 @@ STATUSES = {
 }
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How one run asks its model: every runner builds its requests through `request`, so the sampling settings
+    are the same for each model call of a run, whatever the runner."""
+
+    max_steps: int
+    max_tokens: int
+    temperature: float
+    seed: int | None
+    frequency_penalty: float = 0.0
+
+    def request(self, messages: list[dict], schema: dict | None, max_tokens: int | None = None) -> Request:
+        return Request(messages=messages, max_tokens=max_tokens or self.max_tokens, temperature=self.temperature,
+                       seed=self.seed, json_schema=schema, frequency_penalty=self.frequency_penalty or None)
+
+
 @dataclass
 class Call:
     """One tool call as made: `valid` when it parsed and fit the tool's schema; `error` when the tool raised."""

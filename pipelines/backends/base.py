@@ -28,6 +28,9 @@ class Request:
     temperature: float = 0.0
     top_p: float | None = None
     seed: int | None = None
+    # OpenAI's: each token's logit lowered by this much per time it has appeared in the answer so far (llama.cpp:
+    # in the last 64 tokens); what stops a small model's text repeating itself until max_tokens cuts it.
+    frequency_penalty: float | None = None
     stop: list[str] = field(default_factory=list)
     # Streamed: the client watches the answer arrive, so `ttft_s` is the time of the first piece of text. Not
     # streamed: one plain answer (what a paid teacher call wants: one body, retried whole if it comes back broken).

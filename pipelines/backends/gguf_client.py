@@ -136,7 +136,8 @@ class GGUFClient:
     def complete(self, request: Request) -> Completion:
         call, whole, piece_of = _APIS[self.spec.api]
         kw = {"max_tokens": request.max_tokens, "temperature": request.temperature, "stop": request.stop or None}
-        kw |= {k: getattr(request, k) for k in ("top_p", "seed") if getattr(request, k) is not None}
+        kw |= {k: getattr(request, k) for k in ("top_p", "seed", "frequency_penalty")
+               if getattr(request, k) is not None}
         if request.json_schema is not None:
             try:
                 kw["grammar"] = schema_grammar(request.json_schema, f"{self.spec.where}: json_schema")

@@ -71,6 +71,9 @@ class HFClient:
             for _ in range(request.max_tokens):
                 out = self.model(input_ids=step_input, past_key_values=past, use_cache=True)
                 past, logits = out.past_key_values, out.logits[0, -1].float()
+                if request.frequency_penalty and new:  # OpenAI's rule, over the whole answer so far
+                    logits = logits - request.frequency_penalty * torch.bincount(
+                        torch.tensor(new), minlength=logits.shape[-1])[:logits.shape[-1]]
                 nxt = self._next(logits, request, gen)
                 if nxt in self.eos:
                     finish = "stop"

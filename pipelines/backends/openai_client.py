@@ -121,7 +121,7 @@ class OpenAIClient:
     def _body(self, req: Request) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.spec.model, **_APIS[self.spec.api][1](req.messages),
                                 "max_tokens": req.max_tokens, "temperature": req.temperature}
-        for name in ("top_p", "seed"):
+        for name in ("top_p", "seed", "frequency_penalty"):
             if getattr(req, name) is not None:
                 body[name] = getattr(req, name)
         if req.stop:

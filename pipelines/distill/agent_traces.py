@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
+from slmkit.pipelines.agent.trace import RunOptions
 from slmkit.pipelines.backends import Completion, Interrupted, Request
 from slmkit.pipelines.core.errors import SlmkitError
 from slmkit.pipelines.core.types import InputPath, StrictModel
@@ -43,14 +43,7 @@ class AgentTraceConfig(StrictModel):
     temperature: float = Field(0.7, ge=0, le=2, description="sampling temperature when k > 1 (k = 1: greedy)")
     max_steps: int = Field(8, gt=0, description="lm mode: teacher turns per task")
     max_tokens: int = Field(192, gt=0, description="lm mode: answer length limit per turn")
-
-
-@dataclass(frozen=True)
-class _Opts:  # what the agent runners read
-    max_steps: int
-    max_tokens: int
-    temperature: float
-    seed: int | None
+    frequency_penalty: float = Field(0.0, ge=-2, le=2, description="on every teacher call, as the agent stage's")
 
 
 class CachingClient:
@@ -63,6 +56,8 @@ class CachingClient:
     def complete(self, request: Request) -> Completion:
         params = {"max_tokens": request.max_tokens, "temperature": request.temperature, "seed": request.seed,
                   "stop": request.stop, "json_schema": request.json_schema}
+        if request.frequency_penalty:  # absent when off, so answers cached before the setting existed still match
+            params["frequency_penalty"] = request.frequency_penalty
         key = cache_key("agent", self.where, params, request.messages)
         hit = self.cache.get(key)
         if hit is not None:
@@ -113,8 +108,8 @@ def record_traces(cfg: AgentTraceConfig, client, seed: int, log) -> tuple[list[d
         for i, task in enumerate(tasks):
             for r in range(cfg.k):
                 sampled = cfg.k > 1
-                opts = _Opts(cfg.max_steps, cfg.max_tokens, cfg.temperature if sampled else 0.0,
-                             seed + r if sampled else None)
+                opts = RunOptions(cfg.max_steps, cfg.max_tokens, cfg.temperature if sampled else 0.0,
+                                  seed + r if sampled else None, cfg.frequency_penalty)
                 trace = runners[mode](wf, task, client, opts)
                 diff = scoring.state_diff(task.expected_state, trace.final_state)
                 ok = not diff and trace.status == "answered"
