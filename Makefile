@@ -103,10 +103,11 @@ bench-route: setup
 bench-finetune: setup
 	$(BIN)/python scripts/bench_finetune.py
 
-# finetune.torch_compile against eager, float32 and (where the CPU has native bf16) bf16 autocast; each compiled
-# variant's first step compiles for minutes and is not timed (bench-results/finetune_compile.json).
+# finetune.torch_compile against eager, float32 and (where the CPU has native bf16) bf16 autocast, with each
+# variant's loss per step; a variant's first step (where the layers compile) is not timed. About 8 minutes on
+# 2 cores (bench-results/finetune_compile.json).
 bench-finetune-compile: setup
-	$(BIN)/python scripts/bench_finetune.py --compile --skip-memory --rounds $(or $(ROUNDS),1) --steps 4 \
+	$(BIN)/python scripts/bench_finetune.py --compile --skip-memory --rounds $(or $(ROUNDS),2) --steps 4 \
 	  --only slmkit_lora slmkit_lora_compiled slmkit_lora_bf16_autocast slmkit_lora_bf16_autocast_compiled \
 	  --out bench-results/finetune_compile.json
 

@@ -99,6 +99,7 @@ def slmkit_round(model_spec: str, data: Path, steps: int, batch_rows: int, max_l
     from slmkit.pipelines.finetune import FinetuneConfig, train
 
     marks: list[tuple[float, int]] = []  # (time, real tokens so far) at the end of each step
+    losses: list[float] = []  # training loss per step: a faster variant must train the same
 
     class Clock(TrainerCallback):
         trainer = None
@@ -108,6 +109,10 @@ def slmkit_round(model_spec: str, data: Path, steps: int, batch_rows: int, max_l
 
         def on_step_end(self, args, state, control, **kwargs):
             marks.append((time.perf_counter(), self.trainer.tokens_seen))
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                losses.append(round(float(logs["loss"]), 4))
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
@@ -121,7 +126,7 @@ def slmkit_round(model_spec: str, data: Path, steps: int, batch_rows: int, max_l
         outcome = train(cfg, ctx, callbacks=[Clock()])
     rates = [(t1 - t0) and (n1 - n0) / (t1 - t0) for (t0, n0), (t1, n1) in zip(marks, marks[1:], strict=False)]
     return rates, {"rows": outcome.metrics["train_rows"], "examples": outcome.metrics["train_examples"],
-                   "pack_length": outcome.metrics["pack_length"]}
+                   "pack_length": outcome.metrics["pack_length"], "losses": losses}
 
 
 def peak_memory(method: str, model_spec: str, data: Path, steps: int, max_length: int, threads: int) -> dict:

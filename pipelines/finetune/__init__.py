@@ -72,10 +72,9 @@ class FinetuneConfig(StrictModel):
         "none", description="run the forward and backward passes under bfloat16 autocast (weights, LoRA and "
                             "optimiser stay float32): fast on CPUs with native bf16 (AMX, AVX512-BF16), slow "
                             "elsewhere; measured by bench-finetune. Off by default: the numbers move with it")
-    torch_compile: bool = Field(False, description="compile the model with torch.compile (inductor); the first "
-                                "step pays for compiling (minutes for a 135M model on 2 CPU cores). Measured by "
-                                "make bench-finetune-compile: no gain for slmkit's packed LoRA steps on a 2-core "
-                                "CPU (0.96x float32), though a plain padded loop gained 17%")
+    torch_compile: bool = Field(False, description="compile each decoder layer with torch.compile (inductor); "
+                                "the first step pays for compiling. Off by default: "
+                                "make bench-finetune-compile measures what it buys on the machine at hand")
     gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, slower "
                                                            "(memory_budget turns it on when needed)")
     memory_budget: str | float | None = Field(
@@ -283,7 +282,7 @@ def train(config: FinetuneConfig, ctx: StageContext, callbacks=()) -> Outcome:
         label_names=["labels"], remove_unused_columns=False, prediction_loss_only=True, report_to=[],
         disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=False,
         bf16=(config.dtype == "bfloat16" and torch.cuda.is_available()) or config.autocast == "bfloat16",
-        ddp_find_unused_parameters=False, torch_compile=config.torch_compile,
+        ddp_find_unused_parameters=False,
         # Without use_cpu, accelerate sees no GPU and no CPU request and runs every process as a world of one.
         use_cpu=not torch.cuda.is_available(),
         ddp_backend="gloo" if world > 1 and not torch.cuda.is_available() else None,
@@ -292,6 +291,9 @@ def train(config: FinetuneConfig, ctx: StageContext, callbacks=()) -> Outcome:
     model = sft_trainer.load_base(path, config.method, config.dtype, plan.checkpointing)
     model = sft_trainer.add_lora(model, config.lora.r, config.lora.alpha, config.lora.dropout,
                                  config.lora.target_modules)
+    if config.torch_compile:
+        ctx.console.print(f"finetune: compiling {sft_trainer.compile_blocks(model)} blocks (torch.compile; the "
+                          f"first step pays for it)")
     metrics_path = ctx.state / "metrics.jsonl"
     log = sft_trainer.MetricsLog(metrics_path, resume_step, rewrite=main_process)
     trainer = sft_trainer.SftTrainer(
