@@ -292,8 +292,12 @@ def train(config: FinetuneConfig, ctx: StageContext, callbacks=()) -> Outcome:
     model = sft_trainer.add_lora(model, config.lora.r, config.lora.alpha, config.lora.dropout,
                                  config.lora.target_modules)
     if config.torch_compile:
-        ctx.console.print(f"finetune: compiling {sft_trainer.compile_blocks(model)} blocks (torch.compile; the "
-                          f"first step pays for it)")
+        blocks = sft_trainer.compile_blocks(model)
+        if blocks:
+            ctx.console.print(f"finetune: compiling {blocks} blocks (torch.compile; the first step pays for it)")
+        else:
+            ctx.console.print("[yellow]finetune.torch_compile: this model names no repeated block (transformers' "
+                              "_no_split_modules), so nothing is compiled[/]")
     metrics_path = ctx.state / "metrics.jsonl"
     log = sft_trainer.MetricsLog(metrics_path, resume_step, rewrite=main_process)
     trainer = sft_trainer.SftTrainer(
