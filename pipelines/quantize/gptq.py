@@ -257,6 +257,7 @@ def quantize_matrix(w: np.ndarray, h: np.ndarray, kind: str = "IQ4_NL", damp: fl
     import torch
 
     fmt = FORMATS[kind]
+    fit = GROUP_FIT.get(kind, _scaled_params)  # how each group's parameters are fitted
     grid, mid = _grid(kind)
     W = torch.from_numpy(np.array(w, dtype=np.float32))
     H = torch.from_numpy(np.array(h, dtype=np.float64))
@@ -282,7 +283,6 @@ def quantize_matrix(w: np.ndarray, h: np.ndarray, kind: str = "IQ4_NL", damp: fl
         for i in range(c2 - c1):
             c = c1 + i
             if c % fmt.group == 0:  # a new group: its parameters from the weights as the earlier columns left them
-                fit = GROUP_FIT.get(kind, _scaled_params)
                 params, scale_g, offset_g = fit(W1[:, i:i + fmt.group], importance_w[c:c + fmt.group], kind)
                 groups.append(params)
             if c % BLOCK == 0:  # this 32-wide block's scale and offset
