@@ -99,7 +99,6 @@ def slmkit_round(model_spec: str, data: Path, steps: int, batch_rows: int, max_l
     from slmkit.pipelines.finetune import FinetuneConfig, train
 
     marks: list[tuple[float, int]] = []  # (time, real tokens so far) at the end of each step
-    losses: list[float] = []  # training loss per step: a faster variant must train the same
 
     class Clock(TrainerCallback):
         trainer = None
@@ -109,10 +108,6 @@ def slmkit_round(model_spec: str, data: Path, steps: int, batch_rows: int, max_l
 
         def on_step_end(self, args, state, control, **kwargs):
             marks.append((time.perf_counter(), self.trainer.tokens_seen))
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and "loss" in logs:
-                losses.append(round(float(logs["loss"]), 4))
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out"
@@ -124,6 +119,9 @@ def slmkit_round(model_spec: str, data: Path, steps: int, batch_rows: int, max_l
             "eval_fraction": 0.0, "keep": "last", "batch_size": batch_rows, "max_length": max_length,
             "lora": {"r": r, "alpha": 2 * r, "dropout": 0.05}, "learning_rate": 2e-4, **extra})
         outcome = train(cfg, ctx, callbacks=[Clock()])
+        # the stage's own per-step log: a faster variant must train the same
+        logged = [json.loads(line) for line in (ctx.state / "metrics.jsonl").read_text().splitlines() if line]
+        losses = [round(row["loss"], 4) for row in logged if "loss" in row]
     rates = [(t1 - t0) and (n1 - n0) / (t1 - t0) for (t0, n0), (t1, n1) in zip(marks, marks[1:], strict=False)]
     return rates, {"rows": outcome.metrics["train_rows"], "examples": outcome.metrics["train_examples"],
                    "pack_length": outcome.metrics["pack_length"], "losses": losses}
@@ -215,7 +213,7 @@ def main() -> None:
             variants["slmkit_lora_bf16_autocast"] = ({"autocast": "bfloat16"}, longest)
             variants["slmkit_lora_bf16_weights"] = ({"dtype": "bfloat16"}, longest)
         if args.compile:
-            # torch.compile (inductor): the first step compiles (minutes on 2 cores) and is not timed, as every
+            # torch.compile (inductor): the first step compiles and is not timed, as every
             # variant's first step is not; the later steps show what compiled kernels buy.
             for name in [k for k in variants if k in ("slmkit_lora", "slmkit_lora_bf16_autocast")]:
                 variants[f"{name}_compiled"] = ({**variants[name][0], "torch_compile": True}, variants[name][1])
