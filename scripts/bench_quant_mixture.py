@@ -1,6 +1,7 @@
 """Benchmark of 4-bit mixtures for models whose rows K-quants cannot take; writes bench-results/quant_mixture.json.
 
   python scripts/bench_quant_mixture.py [--model DIR] [--threads 2] [--eval-tokens 2048]
+      [--calib TEXT] [--general-tokens N]
 
 One F16 export of the model (default: the shipped SmolLM2-135M-Instruct; pass the demo's merged model,
 runs/demo/04_merge/model, to measure the demo's own file, or a known name such as gemma3-270m), one pass over
@@ -11,6 +12,10 @@ KLD and top-1 agreement. Variants: llama.cpp's Q4_K_M (rows of 576 → Q5_0, emb
 Q4_K_NL as llama.cpp rounds it and with its 4-bit blocks rounded by GPTQ (pipelines/quantize/gptq.py; the
 chosen file), and the mixtures Q4_K_NL was chosen against, as per-tensor type rules (among them 4- and 5-bit
 attention keys and values with GPTQ, which cost more KLD than the bits they save).
+
+The calibration text decides which text a file keeps best: `--calib` takes another text (the demo's own
+calibrates on curate's train, runs/demo/01_curate/train.jsonl) and `--general-tokens N` adds N tokens of the
+shipped general sample to it, as `quantize.calib_general_tokens` does.
 
 Speed (TTFT, decode) of the chosen file is bench's business (the demo's table); this script measures size
 and fidelity only, which do not depend on the machine's load.
@@ -71,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default=None, help="HF folder or known model name (default: the shipped SmolLM2)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-tokens", type=int, default=2048)
+    ap.add_argument("--calib", type=Path, default=None, help="calibration text (default: the shipped general sample)")
+    ap.add_argument("--calib-tokens", type=int, default=4096)
+    ap.add_argument("--general-tokens", type=int, default=0, help="tokens of the shipped general sample added")
     ap.add_argument("--only", nargs="+", default=None, metavar="LABEL",
                     help="measure only these variants (labels as printed; the chosen one is always measured)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "quant_mixture.json")
@@ -80,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     from slmkit.pipelines.quantize import (
         CALIB_SAMPLE,
         HELDOUT_SAMPLE,
+        calibration_chunks,
         gguf_export,
         gguf_quant,
         gptq,
@@ -92,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         f16 = gguf_export.export(model_dir, tmp / "model-f16.gguf", "f16").path
         f16_bytes = f16.stat().st_size
-        calib = retention.token_chunks(model_dir, read_text(CALIB_SAMPLE), 4096, 512)
+        calib_text = args.calib or CALIB_SAMPLE
+        calib, n_own = calibration_chunks(model_dir, calib_text, args.calib_tokens, args.general_tokens)
         moments = gptq.second_moments(model_dir, calib)  # its diagonal is the importance matrix: one pass
         imatrix = gptq.importance(moments)
         texts = {"heldout_sample": read_text(HELDOUT_SAMPLE), "demo_tickets": read_text(TICKETS)}
@@ -139,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
            "bits_per_weight": chosen["bits_per_weight"] <= GOAL["bits_per_weight_max"],
            "kld_mean": all(chosen[t]["kld_mean"] <= GOAL["kld_mean_max"] for t in chunks)}
     result = {"model": str(model_dir), "f16_bytes": f16_bytes, "chosen": CHOSEN, "imatrix_tokens": sum(len(c) for c in calib),
+              "calib": {"text": str(calib_text), "tokens": sum(len(c) for c in calib[:n_own]),
+                        "general_tokens": sum(len(c) for c in calib[n_own:])},
               "texts": {k: str(v) for k, v in {"heldout_sample": HELDOUT_SAMPLE, "demo_tickets": TICKETS}.items()},
               "variants": rows, "alternatives": {k: v[0] for k, v in ALTERNATIVES.items()},
               "goal": GOAL, "goal_met": met,

@@ -247,3 +247,26 @@ def test_stage_with_gptq_rewrites_q4_k_nl_and_keeps_the_importance_matrix(tmp_pa
     plain = run_standalone("quantize", _config(small, qtypes=["Q4_K_NL"]), tmp_path / "plain")
     assert res.output("Q4_K_NL").stat().st_size == plain.output("Q4_K_NL").stat().st_size
     assert res.output("Q4_K_NL").read_bytes() != plain.output("Q4_K_NL").read_bytes()
+
+
+def test_general_text_joins_the_calibration_after_the_domain_text(model256, tmp_path):
+    """quantize.calib_general_tokens: windows of the shipped general sample follow the calibration text's, the
+    report counts each, and the importance matrix is computed over both."""
+    domain = tmp_path / "domain.txt"
+    domain.write_text("Order 42 was shipped on Monday to Berlin; the customer asks for a refund. " * 40)
+    own, n_own = quantize.calibration_chunks(model256, domain, 600, 0, 128)
+    both, n_both = quantize.calibration_chunks(model256, domain, 600, 300, 128)
+    general = retention.token_chunks(model256, quantize.read_text(quantize.CALIB_SAMPLE), 300, 128)
+    assert n_own == n_both == len(own) and both == own + general and general
+
+    def imatrix(**kw):
+        cfg = _config(model256, qtypes=["Q8_0"], calib=str(domain), retention=False, modelfile=False, **kw)
+        res = run_standalone("quantize", cfg, tmp_path / f"out{len(kw)}")
+        with np.load(res.output("imatrix")) as saved:
+            return json.loads(res.output("report").read_text())["imatrix"], saved["blk.0.attn_q.weight"]
+
+    (alone, im_alone), (mixed, im_mixed) = imatrix(), imatrix(calib_general_tokens=300)
+    assert "general" not in alone and alone["calib"] == str(domain)
+    assert mixed["general"] == {"text": str(quantize.CALIB_SAMPLE), "tokens": sum(map(len, general))}
+    assert mixed["tokens"] == alone["tokens"] + mixed["general"]["tokens"]
+    assert not np.allclose(im_alone, im_mixed)
