@@ -11,7 +11,7 @@ shipped English sample and the demo's evaluation tickets): file size against F16
 KLD and top-1 agreement. Variants: llama.cpp's Q4_K_M (rows of 576 → Q5_0, embedding → Q8_0), slmkit's
 Q4_K_NL as llama.cpp rounds it and with its 4-bit blocks rounded by GPTQ (pipelines/quantize/gptq.py; the
 chosen file), and the mixtures Q4_K_NL was chosen against, as per-tensor type rules (among them 4- and 5-bit
-attention keys and values with GPTQ, which cost more KLD than the bits they save).
+attention keys and values with GPTQ, each head's rows rounded against its attention-weighted moments).
 
 The calibration text decides which text a file keeps best: `--calib` takes another text (the demo's own
 calibrates on curate's train, runs/demo/01_curate/train.jsonl) and `--general-tokens N` adds N tokens of the
@@ -41,13 +41,16 @@ def _kv(name: str) -> bool:
     return bool(re.search(r"attn_(k|v)\.weight$", name))
 
 
-def _rule(kv: str | None, fit256: str, fit32: str, embd: str | None = None):
-    """A per-tensor rule: k/v matrices, rows that fit 256-wide super-blocks, rows that fit only 32, embedding."""
+def _rule(kv: str | None, fit256: str, fit32: str, embd: str | None = None, k: str | None = None):
+    """A per-tensor rule: k/v matrices (k apart if given), rows that fit 256-wide super-blocks, rows that fit
+    only 32, embedding."""
     def rule(name: str, row: int) -> str | None:
         if not name.endswith(".weight") or "norm" in name:
             return None
         if embd and name == "token_embd.weight":
             return embd
+        if k and name.endswith("attn_k.weight"):
+            return k
         if kv and _kv(name):
             return kv
         return fit256 if row % 256 == 0 else fit32 if row % 32 == 0 else None
@@ -68,6 +71,8 @@ ALTERNATIVES = {
                                 _rule(None, "Q4_K", "IQ4_NL", "Q5_0"), True),
     "kv_Q5_0_embd_Q5_0_gptq": ("k and v Q5_0, embedding Q5_0, the rest 4-bit, all blocks by GPTQ",
                                _rule("Q5_0", "Q4_K", "IQ4_NL", "Q5_0"), True),
+    "k_4bit_v_Q5_0_embd_Q5_0_gptq": ("k IQ4_NL, v Q5_0, embedding Q5_0, the rest 4-bit, all blocks by GPTQ",
+                                     _rule("Q5_0", "Q4_K", "IQ4_NL", "Q5_0", k="IQ4_NL"), True),
 }
 
 
@@ -79,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--calib", type=Path, default=None, help="calibration text (default: the shipped general sample)")
     ap.add_argument("--calib-tokens", type=int, default=4096)
     ap.add_argument("--general-tokens", type=int, default=0, help="tokens of the shipped general sample added")
+    ap.add_argument("--damp", type=float, default=None, help="GPTQ's damping (default: gptq.DAMP)")
     ap.add_argument("--only", nargs="+", default=None, metavar="LABEL",
                     help="measure only these variants (labels as printed; the chosen one is always measured)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench-results" / "quant_mixture.json")
@@ -101,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_name)
         f16 = gguf_export.export(model_dir, tmp / "model-f16.gguf", "f16").path
         f16_bytes = f16.stat().st_size
+        if args.damp is not None:
+            gptq.DAMP = args.damp  # read by gptq.rewrite at each call
         calib_text = args.calib or CALIB_SAMPLE
         calib, n_own = calibration_chunks(model_dir, calib_text, args.calib_tokens, args.general_tokens)
         moments = gptq.second_moments(model_dir, calib)  # its diagonal is the importance matrix: one pass
@@ -149,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
            "bits_per_weight": chosen["bits_per_weight"] <= GOAL["bits_per_weight_max"],
            "kld_mean": all(chosen[t]["kld_mean"] <= GOAL["kld_mean_max"] for t in chunks)}
     result = {"model": str(model_dir), "f16_bytes": f16_bytes, "chosen": CHOSEN, "imatrix_tokens": sum(len(c) for c in calib),
-              "calib": {"text": str(calib_text), "tokens": sum(len(c) for c in calib[:n_own]),
+              "damp": gptq.DAMP, "calib": {"text": str(calib_text), "tokens": sum(len(c) for c in calib[:n_own]),
                         "general_tokens": sum(len(c) for c in calib[n_own:])},
               "texts": {k: str(v) for k, v in {"heldout_sample": HELDOUT_SAMPLE, "demo_tickets": TICKETS}.items()},
               "variants": rows, "alternatives": {k: v[0] for k, v in ALTERNATIVES.items()},

@@ -100,9 +100,41 @@ def test_second_moments_share_inputs_and_their_diagonal_is_the_importance_matrix
     assert moments["blk.0.ffn_gate.weight"] is moments["blk.0.ffn_up.weight"]
     assert moments["blk.0.attn_output.weight"] is not moments["blk.0.attn_q.weight"]
     imatrix = gguf_quant.compute_imatrix(tiny_model_dir, chunks)
-    assert set(imatrix) == set(moments)
+    assert set(imatrix) == {k for k in moments if not k.endswith(gptq.HEADS)}
     for name, diag in gptq.importance(moments).items():
         np.testing.assert_allclose(diag, imatrix[name], rtol=1e-4, atol=1e-7)
+
+
+def test_key_value_moments_per_head_weigh_each_token_by_the_attention_it_receives(tiny_model_dir):
+    """k/v get, per key/value head, Σ a_t x xᵀ / Σ a_t with a_t the attention that head's queries pay token t:
+    checked against the model's own attention probabilities and inputs, computed here another way."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    chunks = retention.token_chunks(tiny_model_dir, "the quick brown fox jumps over the lazy dog " * 40, 256, 64)
+    moments = gptq.second_moments(tiny_model_dir, chunks)
+    plain = gptq.second_moments(tiny_model_dir, chunks, by_head=False)
+    assert not any(k.endswith(gptq.HEADS) for k in plain)
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+    n_kv, group = model.config.num_key_value_heads, model.config.num_attention_heads // model.config.num_key_value_heads
+    for layer in range(model.config.num_hidden_layers):
+        seen = []
+        hook = model.model.layers[layer].self_attn.v_proj.register_forward_pre_hook(
+            lambda _m, args: seen.append(args[0][0]))
+        want, mass = 0, 0
+        with torch.no_grad():
+            for chunk in chunks:
+                probs = model(torch.tensor([chunk]), output_attentions=True).attentions[layer][0]
+                paid = probs.sum(1).reshape(n_kv, group, -1).sum(1)  # [kv heads, tokens]
+                x = seen.pop()
+                want = want + torch.stack([(x * a[:, None]).T @ x for a in paid])
+                mass = mass + paid.sum(1)
+        hook.remove()
+        got = moments[f"blk.{layer}.attn_v.weight{gptq.HEADS}"]
+        assert got is moments[f"blk.{layer}.attn_k.weight{gptq.HEADS}"] and got.shape == (n_kv, 64, 64)
+        np.testing.assert_allclose(got, (want / mass[:, None, None]).numpy(), rtol=1e-4, atol=1e-6)
+        assert not np.allclose(got[0], plain[f"blk.{layer}.attn_v.weight"], rtol=1e-2)  # the weights matter
 
 
 def test_q4_k_nl_rewritten_by_gptq_loads_and_moves_outputs_less(tmp_path):
@@ -163,3 +195,43 @@ def test_a_recipe_asking_for_gptq_without_its_inputs_is_refused():
         QuantizeConfig(gptq=True, imatrix=False, qtypes=["Q4_K_NL"])
     with pytest.raises(ValidationError, match="only Q4_K_NL's mixture writes; add Q4_K_NL to quantize.qtypes"):
         QuantizeConfig(gptq=True, qtypes=["Q4_K_M"])
+
+
+def test_key_value_rows_are_rounded_per_head_against_their_attention_weighted_moments(tmp_path, monkeypatch):
+    """A mixture with 4-bit k/v: GPTQ rounds each head's rows against that head's moments (the report counts
+    them), and the value rows' error, weighted as attention weighs it, comes out below rounding every row
+    against the plain moments."""
+    import gguf
+    from helpers import tiny_llama
+
+    from slmkit.pipelines.quantize import gguf_export
+
+    model = tiny_llama(tmp_path / "tiny", hidden=128)
+    src = gguf_export.export(model, tmp_path / "f16.gguf").path
+    chunks = retention.token_chunks(model, "a stitch in time saves nine; many hands make light work. " * 60, 512, 128)
+    moments = gptq.second_moments(model, chunks)
+    plain = {k: v for k, v in moments.items() if not k.endswith(gptq.HEADS)}
+    imatrix = gptq.importance(moments)
+    monkeypatch.setitem(gguf_quant.QTYPES, "kv4", gguf_quant.QType(15, 32, lambda name, row: (
+        None if "norm" in name or not name.endswith(".weight") else "Q4_K" if row % 256 == 0 else "IQ4_NL")))
+    heads = gguf_quant.quantize(src, tmp_path / "heads.gguf", "kv4", imatrix, 1, moments)
+    flat = gguf_quant.quantize(src, tmp_path / "flat.gguf", "kv4", imatrix, 1, plain)
+    assert heads["gptq"]["by_head"] == 4 and flat["gptq"]["by_head"] == 0  # k and v of both layers
+    assert heads["bytes"] == flat["bytes"]
+
+    tensors = {p: {t.name: t for t in gguf.GGUFReader(str(tmp_path / f"{p}.gguf")).tensors}
+               for p in ("f16", "heads", "flat")}
+
+    def weighted_error(which: str, name: str) -> float:
+        t, ref = tensors[which][name], tensors["f16"][name]
+        cols, rows = int(t.shape[0]), int(t.shape[1])
+        w = gguf.quants.dequantize(ref.data, ref.tensor_type).reshape(rows, cols)
+        err = gguf.quants.dequantize(t.data, t.tensor_type).reshape(rows, cols) - w
+        per_head = moments[name + gptq.HEADS]
+        step = rows // len(per_head)
+        return sum(float(np.trace(err[g * step:(g + 1) * step] @ h @ err[g * step:(g + 1) * step].T))
+                   for g, h in enumerate(per_head))
+
+    for layer in range(2):
+        name = f"blk.{layer}.attn_v.weight"
+        assert weighted_error("heads", name) < weighted_error("flat", name)

@@ -43,7 +43,9 @@ def q4_k_nl(name: str, row: int) -> str | None:
     (scripts/bench_quant_mixture.py): 0.30x the F16 file, 4.8 bits per weight, mean KLD 0.10 against F16
     where Q4_K_M's is 0.04 at 0.39x. Its alternatives at the same size do no better (a 5-bit embedding
     instead of 8-bit k/v: KLD within 0.006 either way), Q4_0 for IQ4_NL is 1.6x worse, and an 8-bit embedding
-    costs 0.34x for a KLD still twice Q4_K_M's: at this size, 4-bit rows cost what they cost."""
+    costs 0.34x for a KLD still twice Q4_K_M's: at this size, 4-bit rows cost what they cost. With GPTQ
+    (gptq.py), 4-bit k/v paid for by a 5-bit embedding come out 0.055 / 0.059 on general text / tickets
+    against this rule's 0.063 / 0.056: no clear gain, so the rule stays."""
     if not name.endswith(".weight") or "norm" in name:
         return None  # norms and biases stay as llama.cpp keeps them (F32)
     if re.search(r"attn_(k|v)\.weight$", name):
@@ -84,11 +86,14 @@ def check_qtype(name: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- imatrix
 def each_matrix_input(model_dir: Path, token_chunks: list[list[int]], on_input: Callable[[str, object], None],
-                      progress: Callable[[int, int], None] | None = None) -> None:
+                      progress: Callable[[int, int], None] | None = None,
+                      on_attention: Callable[[int, object], None] | None = None) -> None:
     """Run the HF model over the token chunks, calling on_input(GGUF tensor name, input tensor) before every
     matrix of the GGUF multiplies: the one pass both calibration statistics (importance matrix, GPTQ's second
     moments) are gathered in. Matrices that read one tensor (q/k/v, gate/up) are called one after the other
-    with that same tensor object."""
+    with that same tensor object. With `on_attention`, each chunk's attention probabilities follow its pass:
+    on_attention(layer index, [heads, query, key] tensor), layer by layer (the model then runs its eager
+    attention, the one that can return them)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -100,7 +105,8 @@ def each_matrix_input(model_dir: Path, token_chunks: list[list[int]], on_input: 
         # Tied models have no output.weight: llama.cpp multiplies by token_embd, whose columns are lm_head's
         # input columns, so lm_head's activations are exactly the importance data that matrix needs.
         gguf_names["lm_head"] = "token_embd.weight"
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
+    eager = {"attn_implementation": "eager"} if on_attention else {}
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, **eager).eval()
 
     def hook_for(name: str):
         def hook(_module, args):
@@ -113,7 +119,10 @@ def each_matrix_input(model_dir: Path, token_chunks: list[list[int]], on_input: 
     try:
         with torch.no_grad():
             for i, chunk in enumerate(token_chunks):
-                model(torch.tensor([chunk]))
+                out = model(torch.tensor([chunk]), output_attentions=bool(on_attention))
+                if on_attention:
+                    for layer, probs in enumerate(out.attentions or ()):
+                        on_attention(layer, probs[0])
                 if progress:
                     progress(i + 1, len(token_chunks))
     finally:

@@ -7,12 +7,16 @@ of H = E[x xᵀ], the calibration inputs' second moments: the errors of one colu
 next, so the layer's output on calibration-like inputs moves less than the sum of its blocks' errors. The
 blocks keep llama.cpp's layouts and grids, so the file is the same size and loads and runs unchanged.
 
-On the demo's fine-tuned SmolLM2 (scripts/bench_quant_mixture.py) it takes Q4_K_NL's mean KLD against F16 from
-0.10 to 0.066 (0.060 on its tickets) at the same 0.30x, most of it on the tied embedding, which is also the
-output matrix. Its Q4_K matrices (ffn_down, whose inputs are the least correlated) gain least: output error
-2-6% under llama.cpp's, KLD 0.0667 -> 0.0664 and 0.0616 -> 0.0597 against GPTQ on the IQ4_NL blocks alone.
-Not for attention keys and values: at 4 bits GPTQ lowers their output error by a third to a half and still
-raises KLD (0.099 -> 0.110 with every row 4-bit), so Q4_K_NL keeps them 8-bit, which GPTQ leaves alone.
+On the demo's fine-tuned SmolLM2 (scripts/bench_quant_mixture.py, general-text calibration) it takes
+Q4_K_NL's mean KLD against F16 from 0.10 to 0.063 (0.099 -> 0.056 on its tickets) at the same 0.30x, most of it
+on the tied embedding, which is also the output matrix. Its Q4_K matrices (ffn_down, whose inputs are the
+least correlated) gain least: output error 2-6% under llama.cpp's.
+
+Attention keys and values are rounded per key/value head against moments in which each token counts by the
+attention it receives (second_moments' `by_head`). Against the plain moments, GPTQ lowered their output error
+and still raised KLD (every row 4-bit: 0.099 -> 0.110), because it moved error onto the few tokens that
+receive most of the attention; per head, the same 4-bit k/v with a 5-bit embedding give 0.055 at 0.30x, and
+5-bit k/v 0.050 at 0.302x.
 
 Written here rather than taken from a GPTQ library (AutoGPTQ, GPTQModel, llm-compressor): those write their
 own tensor formats for GPU kernels, none writes GGUF blocks, and the algorithm is short. The steps follow the
@@ -26,6 +30,7 @@ them.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -99,13 +104,25 @@ RMIN, RDELTA, NSTEP = -0.9, 0.05, 36
 QP_TRIES = 4  # make_qp_quants: 2 * 4 + 1 steps for the 6-bit scales, a tenth of a level apart
 
 
+HEADS = "#heads"  # key suffix of a k/v matrix's per-head, attention-weighted second moments [kv heads, in, in]
+_KV = re.compile(r"blk\.(\d+)\.attn_(k|v)\.weight$")
+
+
 def second_moments(model_dir: Path, token_chunks: list[list[int]],
-                   progress: Callable[[int, int], None] | None = None) -> dict[str, np.ndarray]:
+                   progress: Callable[[int, int], None] | None = None, by_head: bool = True) -> dict[str, np.ndarray]:
     """GGUF tensor name → E[x xᵀ] of the matrix's input over the calibration text (float32, in × in).
 
     Matrices that read the same input (q/k/v, gate/up) share one array, summed once: the pass hands them the
     same tensor object one after the other. The diagonal is exactly the importance matrix (mean squared input
-    per column)."""
+    per column).
+
+    With `by_head`, each attention key and value matrix also gets, under NAME + HEADS, one array per key/value
+    head in which every token's input counts by the attention that head's queries pay it, Σ a_t x xᵀ / Σ a_t.
+    Why: a value row's error reaches the output in proportion to the attention its token receives, and a few
+    tokens (the first of a text above all) receive most of it. Rounded against the plain moments, GPTQ moves
+    error onto exactly those tokens' directions, which the text's other tokens rarely use: on the demo's model
+    it raised KLD (4-bit k/v: 0.099 → 0.110); rounded per head against these, 4-bit k/v with a 5-bit embedding
+    reach 0.062 where the plain moments give 0.117 (scripts/bench_quant_mixture.py)."""
     import torch
 
     from slmkit.pipelines.quantize.gguf_quant import each_matrix_input
@@ -114,8 +131,14 @@ def second_moments(model_dir: Path, token_chunks: list[list[int]],
     counts: dict[str, int] = {}
     alias: dict[str, str] = {}
     last: list = [None, ""]  # the input the previous matrix read, and that matrix
+    attn_in: dict[int, torch.Tensor] = {}  # layer → this chunk's attention input, until its probabilities come
+    head_sums: dict[int, torch.Tensor] = {}
+    head_mass: dict[int, torch.Tensor] = {}
 
     def add(name: str, x) -> None:
+        kv = _KV.search(name)
+        if by_head and kv:
+            attn_in[int(kv.group(1))] = x
         if x is last[0]:
             alias[name] = alias.get(last[1], last[1])
             return
@@ -124,18 +147,42 @@ def second_moments(model_dir: Path, token_chunks: list[list[int]],
         sums[name] = sums[name].addmm_(x.T, x) if name in sums else x.T @ x
         counts[name] = counts.get(name, 0) + x.shape[0]
 
+    def attend(layer: int, probs) -> None:
+        x = attn_in.pop(layer, None)
+        if x is None:
+            return
+        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)  # [tokens, in]
+        received = probs.to(torch.float32).sum(1)  # [query heads, tokens]: the attention each token is paid
+        n_kv = int(kv_heads[0]) or received.shape[0]
+        received = received.reshape(n_kv, -1, received.shape[-1]).sum(1)  # summed over each group's queries
+        acc = torch.einsum("gt,ti,tj->gij", received, x, x)
+        head_sums[layer] = head_sums[layer] + acc if layer in head_sums else acc
+        head_mass[layer] = head_mass.get(layer, 0) + received.sum(1)
+
+    kv_heads = [0]
+    if by_head:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(str(model_dir))
+        cfg = getattr(cfg, "text_config", cfg)
+        kv_heads[0] = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     try:
-        each_matrix_input(model_dir, token_chunks, add, progress)
+        each_matrix_input(model_dir, token_chunks, add, progress, attend if by_head else None)
     finally:
         last.clear()  # the last input tensor, not kept alive past the pass
+        attn_in.clear()
     out = {k: (sums[k] / counts[k]).numpy() for k in sums}
     out.update({k: out[v] for k, v in alias.items()})
+    for layer, acc in head_sums.items():
+        per_head = (acc / head_mass[layer][:, None, None]).numpy()
+        for kind in ("k", "v"):
+            out[f"blk.{layer}.attn_{kind}.weight{HEADS}"] = per_head
     return out
 
 
 def importance(moments: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """The importance matrix (mean squared input per column) from the second moments: their diagonals."""
-    return {k: np.ascontiguousarray(np.diag(v), dtype=np.float32) for k, v in moments.items()}
+    return {k: np.ascontiguousarray(np.diag(v), dtype=np.float32) for k, v in moments.items() if not k.endswith(HEADS)}
 
 
 # ---------------------------------------------------------------------------------------------- one matrix
@@ -339,7 +386,13 @@ def rewrite(quantised: Path, source: Path, moments: dict[str, np.ndarray],
         cols, rows = int(t.shape[0]), int(t.shape[1])
         s, kind = src[t.name], t.tensor_type.name
         w = gguf.quants.dequantize(s.data, s.tensor_type).reshape(rows, cols)
-        blob = encode(*quantize_matrix(w, moments[t.name], kind), kind)
+        by_head = moments.get(t.name + HEADS)
+        if by_head is not None and rows % len(by_head) == 0:  # each head's rows against its own moments
+            step = rows // len(by_head)
+            blob = np.concatenate([encode(*quantize_matrix(w[g * step:(g + 1) * step], h, kind, DAMP), kind)
+                                   for g, h in enumerate(by_head)])
+        else:
+            blob = encode(*quantize_matrix(w, moments[t.name], kind, DAMP), kind)
         target = t.data.reshape(-1).view(np.uint8)
         if blob.size != target.size:
             raise ValueError(f"{quantised}: {t.name} holds {target.size} bytes, its GPTQ blocks {blob.size}")
@@ -349,4 +402,5 @@ def rewrite(quantised: Path, source: Path, moments: dict[str, np.ndarray],
     reader.data.flush()
     del reader
     kinds = Counter(t.tensor_type.name for t in todo)
-    return {"tensors": len(todo), "types": dict(kinds), "damp": DAMP, "without_moments": skipped}
+    heads = sum(t.name + HEADS in moments for t in todo)
+    return {"tensors": len(todo), "types": dict(kinds), "damp": DAMP, "by_head": heads, "without_moments": skipped}
