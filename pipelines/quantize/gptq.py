@@ -122,7 +122,7 @@ def second_moments(model_dir: Path, token_chunks: list[list[int]],
     tokens (the first of a text above all) receive most of it. Rounded against the plain moments, GPTQ moves
     error onto exactly those tokens' directions, which the text's other tokens rarely use: on the demo's model
     it raised KLD (4-bit k/v: 0.099 → 0.110); rounded per head against these, 4-bit k/v with a 5-bit embedding
-    reach 0.062 where the plain moments give 0.117 (scripts/bench_quant_mixture.py)."""
+    reach 0.055 on held-out text (scripts/bench_quant_mixture.py, general calibration)."""
     import torch
 
     from slmkit.pipelines.quantize.gguf_quant import each_matrix_input
@@ -134,6 +134,13 @@ def second_moments(model_dir: Path, token_chunks: list[list[int]],
     attn_in: dict[int, torch.Tensor] = {}  # layer → this chunk's attention input, until its probabilities come
     head_sums: dict[int, torch.Tensor] = {}
     head_mass: dict[int, torch.Tensor] = {}
+    n_kv = 0
+    if by_head:
+        from transformers import AutoConfig
+
+        cfg = AutoConfig.from_pretrained(str(model_dir))
+        cfg = getattr(cfg, "text_config", cfg)
+        n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
 
     def add(name: str, x) -> None:
         kv = _KV.search(name)
@@ -153,19 +160,11 @@ def second_moments(model_dir: Path, token_chunks: list[list[int]],
             return
         x = x.detach().reshape(-1, x.shape[-1]).to(torch.float32)  # [tokens, in]
         received = probs.to(torch.float32).sum(1)  # [query heads, tokens]: the attention each token is paid
-        n_kv = int(kv_heads[0]) or received.shape[0]
         received = received.reshape(n_kv, -1, received.shape[-1]).sum(1)  # summed over each group's queries
         acc = torch.einsum("gt,ti,tj->gij", received, x, x)
         head_sums[layer] = head_sums[layer] + acc if layer in head_sums else acc
         head_mass[layer] = head_mass.get(layer, 0) + received.sum(1)
 
-    kv_heads = [0]
-    if by_head:
-        from transformers import AutoConfig
-
-        cfg = AutoConfig.from_pretrained(str(model_dir))
-        cfg = getattr(cfg, "text_config", cfg)
-        kv_heads[0] = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     try:
         each_matrix_input(model_dir, token_chunks, add, progress, attend if by_head else None)
     finally:
