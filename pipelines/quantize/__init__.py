@@ -84,8 +84,8 @@ def calibration_chunks(model_dir: Path, calib_path: Path, tokens: int, general_t
     sample (fewer if it holds fewer); with the number of windows from the calibration text.
 
     Why both: on the demo's fine-tuned SmolLM2, Q4_K_NL with GPTQ calibrated on its tickets alone drifts least
-    on tickets (mean KLD 0.034) and most on general text (0.115); calibrated on general text alone, 0.060 on
-    tickets and 0.066 on general text; on half of each, 0.040 and 0.077 (scripts/bench_quant_mixture.py)."""
+    on tickets (mean KLD 0.033) and most on general text (0.090); calibrated on general text alone, 0.056 on
+    tickets and 0.063 on general text; on 4,096 tokens of each, 0.037 and 0.066 (scripts/bench_quant_mixture.py)."""
     from slmkit.pipelines.quantize import retention
 
     own = retention.token_chunks(model_dir, read_text(calib_path), tokens, chunk)
