@@ -121,7 +121,7 @@ def test_key_value_moments_per_head_weigh_each_token_by_the_attention_it_receive
     for layer in range(model.config.num_hidden_layers):
         seen = []
         hook = model.model.layers[layer].self_attn.v_proj.register_forward_pre_hook(
-            lambda _m, args: seen.append(args[0][0]))
+            lambda _m, args, seen=seen: seen.append(args[0][0]))
         want, mass = 0, 0
         with torch.no_grad():
             for chunk in chunks:
