@@ -1,7 +1,7 @@
 """Benchmark of 4-bit mixtures for models whose rows K-quants cannot take; writes bench-results/quant_mixture.json.
 
   python scripts/bench_quant_mixture.py [--model DIR] [--threads 2] [--eval-tokens 2048]
-      [--calib TEXT] [--general-tokens N]
+      [--calib TEXT] [--calib-tokens N] [--general-tokens N] [--damp D] [--only LABEL ...]
 
 One F16 export of the model (default: the shipped SmolLM2-135M-Instruct; pass the demo's merged model,
 runs/demo/04_merge/model, to measure the demo's own file, or a known name such as gemma3-270m), one pass over
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         f16 = gguf_export.export(model_dir, tmp / "model-f16.gguf", "f16").path
         f16_bytes = f16.stat().st_size
         if args.damp is not None:
-            gptq.DAMP = args.damp  # read by gptq.rewrite at each call
+            gptq.DAMP = args.damp  # read by gptq.quantize_matrix at each call
         calib_text = args.calib or CALIB_SAMPLE
         calib, n_own = calibration_chunks(model_dir, calib_text, args.calib_tokens, args.general_tokens)
         moments = gptq.second_moments(model_dir, calib)  # its diagonal is the importance matrix: one pass

@@ -197,6 +197,14 @@ def test_a_recipe_asking_for_gptq_without_its_inputs_is_refused():
         QuantizeConfig(gptq=True, qtypes=["Q4_K_M"])
 
 
+def test_per_head_moments_are_asked_for_only_where_a_key_or_value_matrix_is_rounded_here():
+    assert not gptq.rounds_heads({"blk.0.attn_k.weight": "Q8_0", "blk.0.attn_v.weight": "Q8_0",
+                                  "blk.0.attn_q.weight": "IQ4_NL", "token_embd.weight": "Q5_0"})
+    assert gptq.rounds_heads({"blk.0.attn_k.weight": "Q8_0", "blk.3.attn_v.weight": "IQ4_NL"})
+    kv4 = gguf_quant.QTYPES["Q4_K_NL"].mixture
+    assert not gptq.rounds_heads({n: kv4(n, 576) for n in ("blk.0.attn_k.weight", "blk.0.attn_v.weight")})
+
+
 def test_key_value_rows_are_rounded_per_head_against_their_attention_weighted_moments(tmp_path, monkeypatch):
     """A mixture with 4-bit k/v: GPTQ rounds each head's rows against that head's moments (the report counts
     them), and the value rows' error, weighted as attention weighs it, comes out below rounding every row

@@ -232,11 +232,22 @@ def test_retention_frees_the_hf_model_before_the_quantised_files_open(model256, 
     assert {k: got[k] for k in once} == once and once["Q4_K_M_vs_f16"]["kld_mean"] > 0
 
 
-def test_stage_with_gptq_rewrites_q4_k_nl_and_keeps_the_importance_matrix(tmp_path):
+def test_stage_with_gptq_rewrites_q4_k_nl_and_keeps_the_importance_matrix(tmp_path, monkeypatch):
     """quantize.gptq: one calibration pass gives the importance matrix (saved as before) and GPTQ's second
-    moments; Q4_K_NL's IQ4_NL blocks are rewritten, Q4_K_M is left as llama.cpp wrote it, and the report says so."""
+    moments; Q4_K_NL's IQ4_NL blocks are rewritten, Q4_K_M is left as llama.cpp wrote it, and the report says so.
+    Q4_K_NL keeps keys and values at Q8_0, so the pass gathers no per-head moments for them."""
+    from slmkit.pipelines.quantize import gptq
+
+    asked, real = [], gptq.second_moments
+
+    def second_moments(model_dir, chunks, progress=None, by_head=True):
+        asked.append(by_head)
+        return real(model_dir, chunks, progress, by_head)
+
+    monkeypatch.setattr(gptq, "second_moments", second_moments)
     small = tiny_llama(tmp_path / "small", vocab_size=320, hidden=64)
     res = run_standalone("quantize", _config(small, qtypes=["Q4_K_NL", "Q4_K_M"], gptq=True), tmp_path / "out")
+    assert asked == [False]
     report = json.loads(res.output("report").read_text())
     nl, k_m = report["quantized"]["Q4_K_NL"], report["quantized"]["Q4_K_M"]
     assert nl["gptq"]["tensors"] == nl["tensor_types"]["IQ4_NL"] > 0 and nl["gptq"]["without_moments"] == []

@@ -176,7 +176,9 @@ def run(config: QuantizeConfig, ctx: StageContext) -> Outcome:
             if config.gptq:  # one pass gives both: the importance matrix is the second moments' diagonal
                 from slmkit.pipelines.quantize import gptq
 
-                moments = gptq.second_moments(model_dir, chunks, _step(progress, "input second moments"))
+                by_head = any(gptq.rounds_heads(gguf_quant.mixture_types(out / base_name, spec.mixture))
+                              for spec in map(gguf_quant.QTYPES.get, config.qtypes) if spec.mixture)
+                moments = gptq.second_moments(model_dir, chunks, _step(progress, "input second moments"), by_head)
                 imatrix = gptq.importance(moments)
             else:
                 imatrix = gguf_quant.compute_imatrix(model_dir, chunks, _step(progress, "importance matrix"))

@@ -64,18 +64,17 @@ QTYPES: dict[str, QType] = {
 }
 
 
-def mixture_overrides(src: Path, mixture: Callable[[str, int], str | None]) -> list[tuple[str, str]]:
-    """(anchored tensor-name pattern, ggml type name) for each tensor of `src` the mixture decides."""
+def mixture_types(src: Path, mixture: Callable[[str, int], str | None]) -> dict[str, str]:
+    """Tensor name → ggml type name for each matrix of `src` the mixture decides."""
     import gguf
 
-    out = []
-    for t in gguf.GGUFReader(str(src)).tensors:
-        if len(t.shape) < 2:
-            continue
-        kind = mixture(t.name, int(t.shape[0]))
-        if kind is not None:
-            out.append((f"^{re.escape(t.name)}$", kind))
-    return out
+    chosen = ((t.name, mixture(t.name, int(t.shape[0]))) for t in gguf.GGUFReader(str(src)).tensors if len(t.shape) >= 2)
+    return {name: kind for name, kind in chosen if kind is not None}
+
+
+def mixture_overrides(src: Path, mixture: Callable[[str, int], str | None]) -> list[tuple[str, str]]:
+    """(anchored tensor-name pattern, ggml type name) for each tensor of `src` the mixture decides."""
+    return [(f"^{re.escape(name)}$", kind) for name, kind in mixture_types(src, mixture).items()]
 
 
 def check_qtype(name: str) -> str:

@@ -108,6 +108,13 @@ HEADS = "#heads"  # key suffix of a k/v matrix's per-head, attention-weighted se
 _KV = re.compile(r"blk\.(\d+)\.attn_(k|v)\.weight$")
 
 
+def rounds_heads(types: dict[str, str]) -> bool:
+    """Whether a mixture (tensor name → type) sends an attention key or value matrix to a format rounded here:
+    only then are second_moments' per-head moments worth their cost (eager attention, ~0.1 GB for SmolLM2).
+    Q4_K_NL keeps them Q8_0, which llama.cpp writes."""
+    return any(kind in FORMATS and _KV.search(name) for name, kind in types.items())
+
+
 def second_moments(model_dir: Path, token_chunks: list[list[int]],
                    progress: Callable[[int, int], None] | None = None, by_head: bool = True) -> dict[str, np.ndarray]:
     """GGUF tensor name → E[x xᵀ] of the matrix's input over the calibration text (float32, in × in).
@@ -297,14 +304,15 @@ def q4_k_params(x, weight, kind: str = "Q4_K") -> tuple[dict, object, object]:
 GROUP_FIT = {"Q4_K": q4_k_params}
 
 
-def quantize_matrix(w: np.ndarray, h: np.ndarray, kind: str = "IQ4_NL", damp: float = DAMP
+def quantize_matrix(w: np.ndarray, h: np.ndarray, kind: str = "IQ4_NL", damp: float | None = None
                     ) -> tuple[np.ndarray, np.ndarray | dict]:
     """GPTQ of one matrix w [rows, cols] (cols a multiple of the format's group) for input second moments h
     [cols, cols].
 
     Returns (indices [rows, cols] uint8 into the format's grid, the groups' parameters): for the 32-wide formats
     their scales [rows, cols/32] float16; for Q4_K a dict of d, dmin [rows, cols/256] and the 6-bit sub-block
-    scales sc and offsets mn [rows, cols/256, 8]."""
+    scales sc and offsets mn [rows, cols/256, 8]. `damp` is DAMP as it stands when called unless given (the
+    bench's --damp sets DAMP)."""
     import torch
 
     fmt = FORMATS[kind]
@@ -320,7 +328,7 @@ def quantize_matrix(w: np.ndarray, h: np.ndarray, kind: str = "IQ4_NL", damp: fl
     H[dead, dead] = 1
     W[:, dead] = 0
     importance_w = torch.diag(H).to(torch.float32)
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype)
+    H += (DAMP if damp is None else damp) * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype)
     # the upper Cholesky factor of H⁻¹ gives, row by row, how a column's error spreads over the later columns
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).to(torch.float32)
     index = torch.zeros(rows, cols, dtype=torch.uint8)
@@ -388,10 +396,10 @@ def rewrite(quantised: Path, source: Path, moments: dict[str, np.ndarray],
         by_head = moments.get(t.name + HEADS)
         if by_head is not None and rows % len(by_head) == 0:  # each head's rows against its own moments
             step = rows // len(by_head)
-            blob = np.concatenate([encode(*quantize_matrix(w[g * step:(g + 1) * step], h, kind, DAMP), kind)
+            blob = np.concatenate([encode(*quantize_matrix(w[g * step:(g + 1) * step], h, kind), kind)
                                    for g, h in enumerate(by_head)])
         else:
-            blob = encode(*quantize_matrix(w, moments[t.name], kind, DAMP), kind)
+            blob = encode(*quantize_matrix(w, moments[t.name], kind), kind)
         target = t.data.reshape(-1).view(np.uint8)
         if blob.size != target.size:
             raise ValueError(f"{quantised}: {t.name} holds {target.size} bytes, its GPTQ blocks {blob.size}")
