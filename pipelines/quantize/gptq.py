@@ -25,7 +25,10 @@ chooses them, from the weights as GPTQ has updated them when the block is reache
 (try the scales that put the largest weight on each of a few grid points, keep the one whose least-squares
 refit leaves the least weighted error); for Q4_K the per-32 affine fit (make_qkx3_quants) and the 6-bit
 quantisation of those scales and offsets per 256 (make_qp_quants), weighted as its quantize_row_q4_K weights
-them.
+them. Once every index of a matrix is chosen, the 32-wide blocks' scales are fitted again for those indices
+against the same objective (refit_scales): the demo's matrices leave 4% less output error. Doing it twice
+(round again with the refitted scales, refit again) overfitted the calibration text: held-out text's KLD fell
+by 0.0003, the tickets' rose by 0.002.
 """
 
 from __future__ import annotations
@@ -304,15 +307,49 @@ def q4_k_params(x, weight, kind: str = "Q4_K") -> tuple[dict, object, object]:
 GROUP_FIT = {"Q4_K": q4_k_params}
 
 
-def quantize_matrix(w: np.ndarray, h: np.ndarray, kind: str = "IQ4_NL", damp: float | None = None
-                    ) -> tuple[np.ndarray, np.ndarray | dict]:
+def refit_scales(w, h, index, scales, kind: str):
+    """Per row of w [rows, cols], the block scales [rows, cols/32] that, with GPTQ's grid indices fixed, leave
+    the least error (w - ŵ) H (w - ŵ)ᵀ, ŵ = each block's scale times its grid values: a least-squares problem
+    of one unknown per block, (Aᵀ H A) d = Aᵀ H w with A[c, b] = grid value of column c if c is in block b.
+    Why: GPTQ fixes a block's scale when it reaches the block, from weights that later columns' errors have not
+    yet moved; once every index is known, the scales that suit them all come from one small solve. A row keeps
+    its scales where the fp16 rounding of the solution leaves more error (it cannot, before rounding).
+    w, h: float64 torch tensors (h as GPTQ used it, damped); index [rows, cols] grid indices; scales float32."""
+    import torch
+
+    grid = torch.tensor(FORMATS[kind].grid, dtype=torch.float64)
+    rows, cols = w.shape
+    blocks = cols // BLOCK
+    hb = h.reshape(blocks, BLOCK, cols)
+    out = scales.clone()
+    for r0 in range(0, rows, 1024):  # rows at a time: [rows, blocks, cols] floats
+        g = grid[index[r0:r0 + 1024].long()].reshape(-1, blocks, BLOCK)
+        gh = torch.einsum("rbi,bic->rbc", g, hb)  # each block's grid values times H's rows of its columns
+        lhs = torch.einsum("rbkj,rkj->rbk", gh.reshape(len(g), blocks, blocks, BLOCK), g)
+        rhs = torch.einsum("rbc,rc->rb", gh, w[r0:r0 + 1024])
+        lhs += 1e-9 * lhs.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)[:, None, None] * torch.eye(blocks)
+        solved = torch.linalg.solve(lhs, rhs[..., None])[..., 0].to(torch.float16).to(torch.float64)
+
+        def error(d, g=g, r0=r0):
+            e = w[r0:r0 + 1024] - (g * d[..., None]).reshape(len(g), cols)
+            return ((e @ h) * e).sum(1)
+
+        old = scales[r0:r0 + 1024].to(torch.float64)
+        better = torch.isfinite(solved).all(1) & (error(solved.nan_to_num()) < error(old))
+        out[r0:r0 + 1024] = torch.where(better[:, None], solved, old).to(out.dtype)
+    return out
+
+
+def quantize_matrix(w: np.ndarray, h: np.ndarray, kind: str = "IQ4_NL", damp: float | None = None,
+                    refit: bool = True) -> tuple[np.ndarray, np.ndarray | dict]:
     """GPTQ of one matrix w [rows, cols] (cols a multiple of the format's group) for input second moments h
     [cols, cols].
 
     Returns (indices [rows, cols] uint8 into the format's grid, the groups' parameters): for the 32-wide formats
     their scales [rows, cols/32] float16; for Q4_K a dict of d, dmin [rows, cols/256] and the 6-bit sub-block
     scales sc and offsets mn [rows, cols/256, 8]. `damp` is DAMP as it stands when called unless given (the
-    bench's --damp sets DAMP)."""
+    bench's --damp sets DAMP). With `refit`, the 32-wide formats' scales are fitted again once every index is
+    chosen (refit_scales); Q4_K's 6-bit scales and offsets are kept as its search chose them."""
     import torch
 
     fmt = FORMATS[kind]
@@ -329,6 +366,7 @@ def quantize_matrix(w: np.ndarray, h: np.ndarray, kind: str = "IQ4_NL", damp: fl
     W[:, dead] = 0
     importance_w = torch.diag(H).to(torch.float32)
     H += (DAMP if damp is None else damp) * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype)
+    original = W.to(torch.float64)  # GPTQ updates W as it goes; the refit measures error against these
     # the upper Cholesky factor of H⁻¹ gives, row by row, how a column's error spreads over the later columns
     hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True).to(torch.float32)
     index = torch.zeros(rows, cols, dtype=torch.uint8)
@@ -356,7 +394,10 @@ def quantize_matrix(w: np.ndarray, h: np.ndarray, kind: str = "IQ4_NL", damp: fl
         W[:, c2:] -= err @ hinv[c1:c2, c2:]
     if isinstance(groups[0], dict):  # several arrays per group (Q4_K): each stacked over the groups
         return index.numpy(), {k: np.stack([g[k] for g in groups], axis=1) for k in groups[0]}
-    return index.numpy(), torch.stack(groups, 1).numpy().astype(np.float16)
+    scales = torch.stack(groups, 1)
+    if refit:
+        scales = refit_scales(original, H, index, scales, kind)
+    return index.numpy(), scales.numpy().astype(np.float16)
 
 
 def encode(index: np.ndarray, params, kind: str = "IQ4_NL") -> np.ndarray:
