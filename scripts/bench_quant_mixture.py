@@ -118,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 
         # label → (qtype, rounded with GPTQ's error compensation)
         variants = {"Q4_K_M (llama.cpp)": ("Q4_K_M", False), "Q4_K_NL (slmkit)": ("Q4_K_NL", False),
-                    CHOSEN: ("Q4_K_NL", True)}
+                    CHOSEN: ("Q4_K_NL", True), "Q4_K_NL30 (slmkit)": ("Q4_K_NL30", False),
+                    "Q4_K_NL30 + GPTQ (slmkit)": ("Q4_K_NL30", True)}
         for name, (_, rule, with_gptq) in ALTERNATIVES.items():
             gguf_quant.QTYPES[name] = gguf_quant.QType(15, 32, rule)  # this script's own, never a recipe's
             variants[name] = (name, with_gptq)

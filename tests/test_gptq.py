@@ -229,7 +229,7 @@ def test_a_recipe_asking_for_gptq_without_its_inputs_is_refused():
     assert QuantizeConfig(gptq=True, qtypes=["Q4_K_M", "Q4_K_NL"]).gptq
     with pytest.raises(ValidationError, match=r"needs the calibration pass \(quantize.imatrix: true\)"):
         QuantizeConfig(gptq=True, imatrix=False, qtypes=["Q4_K_NL"])
-    with pytest.raises(ValidationError, match="only Q4_K_NL's mixture writes; add Q4_K_NL to quantize.qtypes"):
+    with pytest.raises(ValidationError, match="only Q4_K_NL's and Q4_K_NL30's mixtures write; add one of them to quantize.qtypes"):
         QuantizeConfig(gptq=True, qtypes=["Q4_K_M"])
 
 

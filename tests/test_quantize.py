@@ -281,3 +281,40 @@ def test_general_text_joins_the_calibration_after_the_domain_text(model256, tmp_
     assert mixed["general"] == {"text": str(quantize.CALIB_SAMPLE), "tokens": sum(map(len, general))}
     assert mixed["tokens"] == alone["tokens"] + mixed["general"]["tokens"]
     assert not np.allclose(im_alone, im_mixed)
+
+
+def test_more_bits_layers_are_llama_cpps_and_q4_k_nl30_spends_on_the_embedding_first():
+    assert gguf_quant.more_bits(30) == [0, 1, 2, 5, 8, 11, 14, 17, 20, 23, 26, 27, 28, 29]  # use_more_bits, n = 30
+    names = ["token_embd.weight"] + [f"blk.{i}.{m}.weight" for i in range(30) for m in ("attn_k", "attn_v")]
+    order = gguf_quant.QTYPES["Q4_K_NL30"].upgrades(names)
+    assert order[0] == ("token_embd.weight", "Q5_0") and len(order) == 31
+    assert [n for n, _ in order[1:4]] == ["blk.0.attn_v.weight", "blk.1.attn_v.weight", "blk.2.attn_v.weight"]
+    assert order[4][0] == "blk.5.attn_v.weight" and order[15][0] == "blk.3.attn_v.weight"  # the others after
+
+
+def test_a_budgeted_mixture_takes_upgrades_in_order_while_the_file_fits_and_the_file_does(tmp_path, monkeypatch):
+    """Upgrades are taken in order while the file stays within the budget times the F16 file; one that does not
+    fit is passed over and a smaller one after it still taken; the file llama.cpp writes is within the budget."""
+    import gguf
+
+    small = tiny_llama(tmp_path / "small", vocab_size=320, hidden=64)
+    src = gguf_export.export(small, tmp_path / "f16.gguf").path
+    base = gguf_quant.mixture_types(src, gguf_quant.QType(15, 32, gguf_quant.all_4bit))
+    assert set(base.values()) == {"IQ4_NL"}  # rows of 64: every matrix 32-wide 4-bit, k and v too
+    ups = [("token_embd.weight", "Q8_0"), ("blk.0.attn_v.weight", "Q5_0"), ("blk.1.attn_v.weight", "Q5_0")]
+    n = {t.name: int(t.n_elements) for t in gguf.GGUFReader(str(src)).tensors}
+    cost = {name: gguf_quant._bytes(n[name], kind) - gguf_quant._bytes(n[name], base[name]) for name, kind in ups}
+    assert cost["token_embd.weight"] > 2 * cost["blk.0.attn_v.weight"]
+    monkeypatch.setitem(gguf_quant.QTYPES, "plain4", gguf_quant.QType(15, 32, gguf_quant.all_4bit))
+    four = gguf_quant.quantize(src, tmp_path / "four.gguf", "plain4", None, 1)["bytes"]
+    # room for both value matrices and half the embedding's upgrade, no more
+    budget = (four + cost["blk.0.attn_v.weight"] + cost["blk.1.attn_v.weight"] + cost["token_embd.weight"] // 2
+              + gguf_quant.SPARE) / src.stat().st_size
+    spec = gguf_quant.QType(15, 32, gguf_quant.all_4bit, lambda names: ups, budget)
+    chosen = gguf_quant.mixture_types(src, spec)
+    assert chosen["token_embd.weight"] == "IQ4_NL"  # did not fit: passed over
+    assert chosen["blk.0.attn_v.weight"] == chosen["blk.1.attn_v.weight"] == "Q5_0"  # taken after it
+    monkeypatch.setitem(gguf_quant.QTYPES, "budgeted", spec)
+    info = gguf_quant.quantize(src, tmp_path / "budgeted.gguf", "budgeted", None, 1)
+    assert info["bytes"] == four + cost["blk.0.attn_v.weight"] + cost["blk.1.attn_v.weight"]
+    assert info["bytes"] <= budget * src.stat().st_size

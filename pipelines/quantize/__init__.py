@@ -34,12 +34,12 @@ HELDOUT_SAMPLE = SAMPLES / "heldout_sample.txt"
 class QuantizeConfig(StrictModel):
     model: InputPath | None = Field(None, description="HF folder; default: merge's output, else the recipe's model")
     base: ModelSpec | None = Field(None, description="a known model name or HF id, when no folder is given")
-    qtypes: list[str] = Field(default_factory=lambda: ["Q4_K_M"], description="Q4_K_M, Q4_K_NL (4-bit where rows are not a multiple of 256), Q4_0, Q5_K_M, Q6_K, Q8_0")
+    qtypes: list[str] = Field(default_factory=lambda: ["Q4_K_M"], description="Q4_K_M, Q4_K_NL (4-bit where rows are not a multiple of 256), Q4_K_NL30 (every matrix 4-bit, then the embedding and attention values 5-bit within 0.30x of F16), Q4_0, Q5_K_M, Q6_K, Q8_0")
     outtype: Literal["f16", "f32", "bf16"] = Field("f16", description="type of the unquantised GGUF")
     calib: InputPath | None = Field(None, description="calibration text (.txt or .jsonl); default: curate's train")
     heldout: InputPath | None = Field(None, description="held-out text (.txt or .jsonl); default: curate's eval")
     imatrix: bool = Field(True, description="compute an importance matrix from the calibration text")
-    gptq: bool = Field(False, description="round Q4_K_NL's 4-bit blocks with GPTQ's error compensation "
+    gptq: bool = Field(False, description="round Q4_K_NL's or Q4_K_NL30's 4-bit and Q5_0 blocks with GPTQ's error compensation "
                        "(input second moments from the calibration text): same file size, lower KLD")
     calib_tokens: int = Field(4096, gt=0, description="calibration tokens for the importance matrix")
     calib_general_tokens: int = Field(0, ge=0, description="tokens of slmkit's shipped general-English sample "
@@ -72,8 +72,8 @@ class QuantizeConfig(StrictModel):
         if self.gptq and not self.imatrix:
             raise ValueError("quantize.gptq needs the calibration pass (quantize.imatrix: true)")
         if self.gptq and not any(QTYPES[q].mixture for q in self.qtypes):
-            raise ValueError("quantize.gptq rewrites a mixture's 4-bit blocks (IQ4_NL, Q4_K), which only Q4_K_NL's "
-                             "mixture writes; add Q4_K_NL to quantize.qtypes")
+            raise ValueError("quantize.gptq rewrites a mixture's blocks (IQ4_NL, Q4_K, Q5_0), which only Q4_K_NL's and "
+                             "Q4_K_NL30's mixtures write; add one of them to quantize.qtypes")
         return self
 
 
@@ -176,7 +176,7 @@ def run(config: QuantizeConfig, ctx: StageContext) -> Outcome:
             if config.gptq:  # one pass gives both: the importance matrix is the second moments' diagonal
                 from slmkit.pipelines.quantize import gptq
 
-                by_head = any(gptq.rounds_heads(gguf_quant.mixture_types(out / base_name, spec.mixture))
+                by_head = any(gptq.rounds_heads(gguf_quant.mixture_types(out / base_name, spec))
                               for spec in map(gguf_quant.QTYPES.get, config.qtypes) if spec.mixture)
                 moments = gptq.second_moments(model_dir, chunks, _step(progress, "input second moments"), by_head)
                 imatrix = gptq.importance(moments)

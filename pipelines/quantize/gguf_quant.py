@@ -29,6 +29,11 @@ class QType:
     # A mixture: a function from (tensor name, row length) to the ggml type that tensor gets, or None to leave it
     # to llama.cpp's own rule for `ftype`. Passed to llama.cpp as exact-name overrides (`tt_overrides`).
     mixture: Callable[[str, int], str | None] | None = None
+    # After the mixture: (tensor name, type) pairs in order of need, from the file's matrix names (which say how
+    # many layers there are); each is taken while the matrices stay within `budget` times their F16 bytes, and
+    # one that does not fit is passed over for the next.
+    upgrades: Callable[[list[str]], list[tuple[str, str]]] | None = None
+    budget: float = 0.0
 
 
 def q4_k_nl(name: str, row: int) -> str | None:
@@ -53,28 +58,80 @@ def q4_k_nl(name: str, row: int) -> str | None:
     return "Q4_K" if row % 256 == 0 else "IQ4_NL" if row % 32 == 0 else None
 
 
+def all_4bit(name: str, row: int) -> str | None:
+    """Every matrix 4-bit, attention keys and values too: Q4_K where rows fit 256, IQ4_NL where they fit 32."""
+    if not name.endswith(".weight") or "norm" in name:
+        return None
+    return "Q4_K" if row % 256 == 0 else "IQ4_NL" if row % 32 == 0 else None
+
+
+def more_bits(n_layers: int) -> list[int]:
+    """The layers whose attention values llama.cpp's Q4_K_M gives more bits (its use_more_bits): the first and
+    last eighth and every third layer between, integer division as in C."""
+    return [i for i in range(n_layers) if i < n_layers // 8 or i >= 7 * n_layers // 8 or (i - n_layers // 8) % 3 == 2]
+
+
+def embedding_then_values(names: list[str]) -> list[tuple[str, str]]:
+    """Q4_K_NL30's upgrades, most needed first: the embedding to Q5_0 (tied, it is also the output matrix, and
+    on SmolLM2 it takes most of GPTQ's gain), then each layer's attention values to Q5_0, llama.cpp's more-bits
+    layers first. On the demo's model the embedding and 11 of 30 value matrices fit 0.30x."""
+    layers = 1 + max((int(m.group(1)) for n in names if (m := re.match(r"blk\.(\d+)\.", n))), default=-1)
+    favoured = more_bits(layers)
+    order = favoured + [i for i in range(layers) if i not in favoured]
+    return [("token_embd.weight", "Q5_0")] + [(f"blk.{i}.attn_v.weight", "Q5_0") for i in order]
+
+
 # llama_ftype values of llama.cpp (LLAMA_FTYPE_MOSTLY_*); K-quants work on 256-wide super-blocks.
 QTYPES: dict[str, QType] = {
     "Q4_0": QType(2, 32),
     "Q8_0": QType(7, 32),
     "Q4_K_M": QType(15, 256),
     "Q4_K_NL": QType(15, 32, q4_k_nl),
+    # Every matrix 4-bit, then the embedding and attention values 5-bit while the matrices stay within 0.30x F16
+    "Q4_K_NL30": QType(15, 32, all_4bit, embedding_then_values, 0.30),
     "Q5_K_M": QType(17, 256),
     "Q6_K": QType(18, 256),
 }
 
 
-def mixture_types(src: Path, mixture: Callable[[str, int], str | None]) -> dict[str, str]:
-    """Tensor name → ggml type name for each matrix of `src` the mixture decides."""
+def _bytes(n: int, kind: str, align: int = 32) -> int:
+    """Bytes `n` weights of `kind` take in a GGUF file, padded to its alignment."""
     import gguf
 
-    chosen = ((t.name, mixture(t.name, int(t.shape[0]))) for t in gguf.GGUFReader(str(src)).tensors if len(t.shape) >= 2)
-    return {name: kind for name, kind in chosen if kind is not None}
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kind]]
+    return -(-n // block * size // align) * align
 
 
-def mixture_overrides(src: Path, mixture: Callable[[str, int], str | None]) -> list[tuple[str, str]]:
-    """(anchored tensor-name pattern, ggml type name) for each tensor of `src` the mixture decides."""
-    return [(f"^{re.escape(name)}$", kind) for name, kind in mixture_types(src, mixture).items()]
+SPARE = 1024  # bytes a budget keeps free: llama.cpp's file adds a few metadata keys (64 bytes on SmolLM2)
+
+
+def mixture_types(src: Path, spec: QType) -> dict[str, str]:
+    """Tensor name → ggml type name for each matrix of `src` the qtype's mixture decides, its upgrades taken
+    while the file stays within its budget times the F16 file's size. Both sizes are counted as files: the
+    source's metadata and vectors as they are (SmolLM2's tokenizer alone is 0.7% of its F16 file), each matrix
+    at its type, padded. A matrix the mixture leaves to llama.cpp counts as F16, its largest fallback."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(src))
+    tensors = [t for t in reader.tensors if len(t.shape) >= 2]
+    matrices = {t.name: int(t.n_elements) for t in tensors}
+    chosen = {t.name: kind for t in tensors if (kind := spec.mixture(t.name, int(t.shape[0]))) is not None}
+    if spec.upgrades:
+        other = Path(src).stat().st_size - sum(_bytes(matrices[t.name], t.tensor_type.name) for t in tensors)
+        budget = spec.budget * (other + sum(_bytes(n, "F16") for n in matrices.values()))
+        total = other + sum(_bytes(n, chosen.get(name, "F16")) for name, n in matrices.items())
+        for name, kind in spec.upgrades(list(matrices)):
+            if name not in chosen or matrices[name] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kind]][0]:
+                continue
+            extra = _bytes(matrices[name], kind) - _bytes(matrices[name], chosen[name])
+            if total + extra <= budget - SPARE:
+                chosen[name], total = kind, total + extra
+    return chosen
+
+
+def mixture_overrides(src: Path, spec: QType) -> list[tuple[str, str]]:
+    """(anchored tensor-name pattern, ggml type name) for each tensor of `src` the qtype's mixture decides."""
+    return [(f"^{re.escape(name)}$", kind) for name, kind in mixture_types(src, spec).items()]
 
 
 def check_qtype(name: str) -> str:
@@ -189,7 +246,7 @@ def quantize(src: Path, dst: Path, qtype: str, imatrix: dict[str, np.ndarray] | 
     if spec.mixture is not None:
         import gguf
 
-        rules = mixture_overrides(Path(src), spec.mixture)
+        rules = mixture_overrides(Path(src), spec)
         table = (llama_cpp.llama_model_tensor_override * (len(rules) + 1))()
         for i, (pattern, kind) in enumerate(rules):
             table[i].pattern = pattern.encode()
