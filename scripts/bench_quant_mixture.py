@@ -9,9 +9,10 @@ the shipped calibration text for the matrices' input second moments (their diago
 then each variant quantised by llama.cpp's own quantiser and compared with the F16 on two held-out texts (the
 shipped English sample and the demo's evaluation tickets): file size against F16, bits per weight, mean / p99
 KLD and top-1 agreement. Variants: llama.cpp's Q4_K_M (rows of 576 → Q5_0, embedding → Q8_0), slmkit's
-Q4_K_NL as llama.cpp rounds it and with its 4-bit blocks rounded by GPTQ (pipelines/quantize/gptq.py; the
-chosen file), and the mixtures Q4_K_NL was chosen against, as per-tensor type rules (among them 4- and 5-bit
-attention keys and values with GPTQ, each head's rows rounded against its attention-weighted moments).
+Q4_K_NL and Q4_K_NL30 as llama.cpp rounds them and with their blocks rounded by GPTQ (pipelines/quantize/gptq.py;
+Q4_K_NL30 + GPTQ is the chosen file), and the mixtures they were chosen against, as per-tensor type rules (among
+them 4- and 5-bit attention keys and values with GPTQ, each head's rows rounded against its attention-weighted
+moments).
 
 The calibration text decides which text a file keeps best: `--calib` takes another text (the demo's own
 calibrates on curate's train, runs/demo/01_curate/train.jsonl) and `--general-tokens N` adds N tokens of the
@@ -57,8 +58,8 @@ def _rule(kv: str | None, fit256: str, fit32: str, embd: str | None = None, k: s
     return rule
 
 
-CHOSEN = "Q4_K_NL + GPTQ (slmkit)"
-# name → (what it is, rule, GPTQ); the mixtures slmkit's Q4_K_NL was chosen against.
+CHOSEN = "Q4_K_NL30 + GPTQ (slmkit)"
+# name → (what it is, rule, GPTQ); the mixtures slmkit's Q4_K_NL and Q4_K_NL30 were chosen against.
 ALTERNATIVES = {
     "all_IQ4_NL_embd_Q5_0": ("every row IQ4_NL or Q4_K, embedding Q5_0", _rule(None, "Q4_K", "IQ4_NL", "Q5_0"), False),
     "all_Q4_0_embd_Q5_0": ("Q4_0 instead of IQ4_NL, embedding Q5_0", _rule(None, "Q4_K", "Q4_0", "Q5_0"), False),
@@ -118,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
 
         # label → (qtype, rounded with GPTQ's error compensation)
         variants = {"Q4_K_M (llama.cpp)": ("Q4_K_M", False), "Q4_K_NL (slmkit)": ("Q4_K_NL", False),
-                    CHOSEN: ("Q4_K_NL", True), "Q4_K_NL30 (slmkit)": ("Q4_K_NL30", False),
-                    "Q4_K_NL30 + GPTQ (slmkit)": ("Q4_K_NL30", True)}
+                    "Q4_K_NL + GPTQ (slmkit)": ("Q4_K_NL", True), "Q4_K_NL30 (slmkit)": ("Q4_K_NL30", False),
+                    CHOSEN: ("Q4_K_NL30", True)}
         for name, (_, rule, with_gptq) in ALTERNATIVES.items():
             gguf_quant.QTYPES[name] = gguf_quant.QType(15, 32, rule)  # this script's own, never a recipe's
             variants[name] = (name, with_gptq)

@@ -318,3 +318,24 @@ def test_a_budgeted_mixture_takes_upgrades_in_order_while_the_file_fits_and_the_
     info = gguf_quant.quantize(src, tmp_path / "budgeted.gguf", "budgeted", None, 1)
     assert info["bytes"] == four + cost["blk.0.attn_v.weight"] + cost["blk.1.attn_v.weight"]
     assert info["bytes"] <= budget * src.stat().st_size
+
+
+def test_stage_with_gptq_and_q4_k_nl30_rounds_keys_and_values_per_head_and_the_file_loads(tmp_path, monkeypatch):
+    """Q4_K_NL30 sends keys and values to IQ4_NL: the calibration pass gathers their per-head moments, GPTQ
+    rounds them per head, and the file is scored against F16 (llama.cpp loads it)."""
+    from slmkit.pipelines.quantize import gptq
+
+    asked, real = [], gptq.second_moments
+
+    def second_moments(model_dir, chunks, progress=None, by_head=True):
+        asked.append(by_head)
+        return real(model_dir, chunks, progress, by_head)
+
+    monkeypatch.setattr(gptq, "second_moments", second_moments)
+    small = tiny_llama(tmp_path / "small", vocab_size=320, hidden=64)
+    res = run_standalone("quantize", _config(small, qtypes=["Q4_K_NL30"], gptq=True), tmp_path / "out")
+    report = json.loads(res.output("report").read_text())
+    nl30 = report["quantized"]["Q4_K_NL30"]
+    assert asked == [True] and nl30["gptq"]["by_head"] == 4  # k and v of both layers
+    assert "Q8_0" not in nl30["tensor_types"]
+    assert np.isfinite(report["retention"]["Q4_K_NL30_vs_f16"]["kld_mean"])

@@ -30,8 +30,8 @@ class QType:
     # to llama.cpp's own rule for `ftype`. Passed to llama.cpp as exact-name overrides (`tt_overrides`).
     mixture: Callable[[str, int], str | None] | None = None
     # After the mixture: (tensor name, type) pairs in order of need, from the file's matrix names (which say how
-    # many layers there are); each is taken while the matrices stay within `budget` times their F16 bytes, and
-    # one that does not fit is passed over for the next.
+    # many layers there are); each is taken while the file stays within `budget` times the F16 file
+    # (mixture_types), and one that does not fit is passed over for the next.
     upgrades: Callable[[list[str]], list[tuple[str, str]]] | None = None
     budget: float = 0.0
 
@@ -49,8 +49,9 @@ def q4_k_nl(name: str, row: int) -> str | None:
     where Q4_K_M's is 0.04 at 0.39x. Its alternatives at the same size do no better (a 5-bit embedding
     instead of 8-bit k/v: KLD within 0.006 either way), Q4_0 for IQ4_NL is 1.6x worse, and an 8-bit embedding
     costs 0.34x for a KLD still twice Q4_K_M's: at this size, 4-bit rows cost what they cost. With GPTQ
-    (gptq.py), 4-bit k/v paid for by a 5-bit embedding come out 0.055 / 0.059 on general text / tickets
-    against this rule's 0.063 / 0.056: no clear gain, so the rule stays."""
+    (gptq.py) it is otherwise: 4-bit k/v paying for a 5-bit embedding come out 0.051 / 0.057 on general text /
+    tickets against this rule's 0.061 / 0.054, which is why Q4_K_NL30 exists; this rule stays for models whose
+    embedding is too large to pay for (Gemma 3 270M's is 63% of its weights)."""
     if not name.endswith(".weight") or "norm" in name:
         return None  # norms and biases stay as llama.cpp keeps them (F32)
     if re.search(r"attn_(k|v)\.weight$", name):

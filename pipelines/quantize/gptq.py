@@ -8,15 +8,16 @@ next, so the layer's output on calibration-like inputs moves less than the sum o
 blocks keep llama.cpp's layouts and grids, so the file is the same size and loads and runs unchanged.
 
 On the demo's fine-tuned SmolLM2 (scripts/bench_quant_mixture.py, general-text calibration) it takes
-Q4_K_NL's mean KLD against F16 from 0.10 to 0.063 (0.099 -> 0.056 on its tickets) at the same 0.30x, most of it
-on the tied embedding, which is also the output matrix. Its Q4_K matrices (ffn_down, whose inputs are the
-least correlated) gain least: output error 2-6% under llama.cpp's.
+Q4_K_NL's mean KLD against F16 from 0.10 to 0.061 (0.099 -> 0.054 on its tickets) and Q4_K_NL30's from 0.095 to
+0.050 (0.106 -> 0.056) at the same 0.30x, most of it on the tied embedding, which is also the output matrix. Its
+Q4_K matrices (ffn_down, whose inputs are the least correlated) gain least: output error 2-6% under
+llama.cpp's.
 
 Attention keys and values are rounded per key/value head against moments in which each token counts by the
 attention it receives (second_moments' `by_head`). Against the plain moments, GPTQ lowered their output error
 and still raised KLD (every row 4-bit: 0.099 -> 0.110), because it moved error onto the few tokens that
-receive most of the attention; per head, the same 4-bit k/v with a 5-bit embedding give 0.055 at 0.30x, and
-5-bit k/v 0.050 at 0.302x.
+receive most of the attention; per head (before act-order and the refit below), the same 4-bit k/v with a
+5-bit embedding gave 0.055 at 0.30x, and 5-bit k/v 0.050 at 0.302x.
 
 Written here rather than taken from a GPTQ library (AutoGPTQ, GPTQModel, llm-compressor): those write their
 own tensor formats for GPU kernels, none writes GGUF blocks, and the algorithm is short. The steps follow the
