@@ -52,17 +52,13 @@ def q4_k_nl(name: str, row: int) -> str | None:
     (gptq.py) it is otherwise: 4-bit k/v paying for a 5-bit embedding come out 0.051 / 0.057 on general text /
     tickets against this rule's 0.061 / 0.054, which is why Q4_K_NL30 exists; this rule stays for models whose
     embedding is too large to pay for (Gemma 3 270M's is 63% of its weights)."""
-    if not name.endswith(".weight") or "norm" in name:
-        return None  # norms and biases stay as llama.cpp keeps them (F32)
-    if re.search(r"attn_(k|v)\.weight$", name):
-        return "Q8_0"
-    return "Q4_K" if row % 256 == 0 else "IQ4_NL" if row % 32 == 0 else None
+    return "Q8_0" if re.search(r"attn_(k|v)\.weight$", name) else all_4bit(name, row)
 
 
 def all_4bit(name: str, row: int) -> str | None:
     """Every matrix 4-bit, attention keys and values too: Q4_K where rows fit 256, IQ4_NL where they fit 32."""
     if not name.endswith(".weight") or "norm" in name:
-        return None
+        return None  # norms and biases stay as llama.cpp keeps them (F32)
     return "Q4_K" if row % 256 == 0 else "IQ4_NL" if row % 32 == 0 else None
 
 
@@ -88,7 +84,7 @@ QTYPES: dict[str, QType] = {
     "Q8_0": QType(7, 32),
     "Q4_K_M": QType(15, 256),
     "Q4_K_NL": QType(15, 32, q4_k_nl),
-    # Every matrix 4-bit, then the embedding and attention values 5-bit while the matrices stay within 0.30x F16
+    # Every matrix 4-bit, then the embedding and attention values 5-bit while the file stays within 0.30x of F16
     "Q4_K_NL30": QType(15, 32, all_4bit, embedding_then_values, 0.30),
     "Q5_K_M": QType(17, 256),
     "Q6_K": QType(18, 256),
