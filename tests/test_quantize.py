@@ -31,6 +31,21 @@ def _config(model: Path, **kw) -> quantize.QuantizeConfig:
                                                    "chunk": 128, "threads": 1, **kw})
 
 
+@pytest.fixture
+def by_head_asked(monkeypatch) -> list[bool]:
+    """What each calibration pass was asked for: per-head k/v moments or not (gptq.second_moments' by_head)."""
+    from slmkit.pipelines.quantize import gptq
+
+    asked, real = [], gptq.second_moments
+
+    def second_moments(model_dir, chunks, progress=None, by_head=True):
+        asked.append(by_head)
+        return real(model_dir, chunks, progress, by_head)
+
+    monkeypatch.setattr(gptq, "second_moments", second_moments)
+    return asked
+
+
 def test_stage_writes_every_output_and_a_report(model256, tmp_path):
     res = run_standalone("quantize", _config(model256, qtypes=["Q4_K_M", "Q8_0"]), tmp_path / "out")
     assert set(res.outputs) == {"f16", "Q4_K_M", "Q8_0", "imatrix", "modelfile", "report"}
@@ -232,22 +247,13 @@ def test_retention_frees_the_hf_model_before_the_quantised_files_open(model256, 
     assert {k: got[k] for k in once} == once and once["Q4_K_M_vs_f16"]["kld_mean"] > 0
 
 
-def test_stage_with_gptq_rewrites_q4_k_nl_and_keeps_the_importance_matrix(tmp_path, monkeypatch):
+def test_stage_with_gptq_rewrites_q4_k_nl_and_keeps_the_importance_matrix(tmp_path, by_head_asked):
     """quantize.gptq: one calibration pass gives the importance matrix (saved as before) and GPTQ's second
     moments; Q4_K_NL's IQ4_NL blocks are rewritten, Q4_K_M is left as llama.cpp wrote it, and the report says so.
     Q4_K_NL keeps keys and values at Q8_0, so the pass gathers no per-head moments for them."""
-    from slmkit.pipelines.quantize import gptq
-
-    asked, real = [], gptq.second_moments
-
-    def second_moments(model_dir, chunks, progress=None, by_head=True):
-        asked.append(by_head)
-        return real(model_dir, chunks, progress, by_head)
-
-    monkeypatch.setattr(gptq, "second_moments", second_moments)
     small = tiny_llama(tmp_path / "small", vocab_size=320, hidden=64)
     res = run_standalone("quantize", _config(small, qtypes=["Q4_K_NL", "Q4_K_M"], gptq=True), tmp_path / "out")
-    assert asked == [False]
+    assert by_head_asked == [False]
     report = json.loads(res.output("report").read_text())
     nl, k_m = report["quantized"]["Q4_K_NL"], report["quantized"]["Q4_K_M"]
     assert nl["gptq"]["tensors"] == nl["tensor_types"]["IQ4_NL"] > 0 and nl["gptq"]["without_moments"] == []
@@ -320,22 +326,13 @@ def test_a_budgeted_mixture_takes_upgrades_in_order_while_the_file_fits_and_the_
     assert info["bytes"] <= budget * src.stat().st_size
 
 
-def test_stage_with_gptq_and_q4_k_nl30_rounds_keys_and_values_per_head_and_the_file_loads(tmp_path, monkeypatch):
+def test_stage_with_gptq_and_q4_k_nl30_rounds_keys_and_values_per_head_and_the_file_loads(tmp_path, by_head_asked):
     """Q4_K_NL30 sends keys and values to IQ4_NL: the calibration pass gathers their per-head moments, GPTQ
     rounds them per head, and the file is scored against F16 (llama.cpp loads it)."""
-    from slmkit.pipelines.quantize import gptq
-
-    asked, real = [], gptq.second_moments
-
-    def second_moments(model_dir, chunks, progress=None, by_head=True):
-        asked.append(by_head)
-        return real(model_dir, chunks, progress, by_head)
-
-    monkeypatch.setattr(gptq, "second_moments", second_moments)
     small = tiny_llama(tmp_path / "small", vocab_size=320, hidden=64)
     res = run_standalone("quantize", _config(small, qtypes=["Q4_K_NL30"], gptq=True), tmp_path / "out")
     report = json.loads(res.output("report").read_text())
     nl30 = report["quantized"]["Q4_K_NL30"]
-    assert asked == [True] and nl30["gptq"]["by_head"] == 4  # k and v of both layers
+    assert by_head_asked == [True] and nl30["gptq"]["by_head"] == 4  # k and v of both layers
     assert "Q8_0" not in nl30["tensor_types"]
     assert np.isfinite(report["retention"]["Q4_K_NL30_vs_f16"]["kld_mean"])
