@@ -12,8 +12,8 @@ Examples:
 
   slmkit quantize --model merged/ --out gguf/ --no-imatrix --max-kld 0.1
 
-  # 0.30x of F16 where rows are not a multiple of 256; GPTQ calibrated on the domain and general text
-  slmkit quantize --model merged/ --out gguf/ --qtype Q4_K_NL --gptq --calib data/train.jsonl --calib-general-tokens 4096
+  # at most 0.30x of F16 where rows are not a multiple of 256; GPTQ calibrated on the domain and general text
+  slmkit quantize --model merged/ --out gguf/ --qtype Q4_K_NL30 --gptq --calib data/train.jsonl --calib-tokens 1024 --calib-general-tokens 4096
 
   slmkit quantize --recipe demo
 """

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -38,21 +37,19 @@ GOAL = {"size_ratio_max": 0.30, "bits_per_weight_max": 4.9, "kld_mean_max": 0.05
 TICKETS = ROOT / "recipes" / "data" / "tickets_eval.jsonl"
 
 
-def _kv(name: str) -> bool:
-    return bool(re.search(r"attn_(k|v)\.weight$", name))
-
-
 def _rule(kv: str | None, fit256: str, fit32: str, embd: str | None = None, k: str | None = None):
     """A per-tensor rule: k/v matrices (k apart if given), rows that fit 256-wide super-blocks, rows that fit
     only 32, embedding."""
     def rule(name: str, row: int) -> str | None:
+        from slmkit.pipelines.quantize.gguf_quant import KV_MATRIX
+
         if not name.endswith(".weight") or "norm" in name:
             return None
         if embd and name == "token_embd.weight":
             return embd
         if k and name.endswith("attn_k.weight"):
             return k
-        if kv and _kv(name):
+        if kv and KV_MATRIX.search(name):
             return kv
         return fit256 if row % 256 == 0 else fit32 if row % 32 == 0 else None
     return rule

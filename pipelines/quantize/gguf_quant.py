@@ -36,6 +36,9 @@ class QType:
     budget: float = 0.0
 
 
+KV_MATRIX = re.compile(r"blk\.(\d+)\.attn_(k|v)\.weight$")  # an attention key or value matrix, and its layer
+
+
 def q4_k_nl(name: str, row: int) -> str | None:
     """Q4_K_NL: Q4_K_M's 4-bit budget for rows that K-quants cannot take.
 
@@ -52,7 +55,7 @@ def q4_k_nl(name: str, row: int) -> str | None:
     (gptq.py) it is otherwise: 4-bit k/v paying for a 5-bit embedding come out 0.051 / 0.057 on general text /
     tickets against this rule's 0.061 / 0.054, which is why Q4_K_NL30 exists; this rule stays for models whose
     embedding is too large to pay for (Gemma 3 270M's is 63% of its weights)."""
-    return "Q8_0" if re.search(r"attn_(k|v)\.weight$", name) else all_4bit(name, row)
+    return "Q8_0" if KV_MATRIX.search(name) else all_4bit(name, row)
 
 
 def all_4bit(name: str, row: int) -> str | None:
@@ -112,13 +115,14 @@ def mixture_types(src: Path, spec: QType) -> dict[str, str]:
     reader = gguf.GGUFReader(str(src))
     tensors = [t for t in reader.tensors if len(t.shape) >= 2]
     matrices = {t.name: int(t.n_elements) for t in tensors}
-    chosen = {t.name: kind for t in tensors if (kind := spec.mixture(t.name, int(t.shape[0]))) is not None}
+    rows = {t.name: int(t.shape[0]) for t in tensors}  # row length: what a block type must divide
+    chosen = {name: kind for name in matrices if (kind := spec.mixture(name, rows[name])) is not None}
     if spec.upgrades:
         other = Path(src).stat().st_size - sum(_bytes(matrices[t.name], t.tensor_type.name) for t in tensors)
         budget = spec.budget * (other + sum(_bytes(n, "F16") for n in matrices.values()))
         total = other + sum(_bytes(n, chosen.get(name, "F16")) for name, n in matrices.items())
         for name, kind in spec.upgrades(list(matrices)):
-            if name not in chosen or matrices[name] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kind]][0]:
+            if name not in chosen or rows[name] % gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[kind]][0]:
                 continue
             extra = _bytes(matrices[name], kind) - _bytes(matrices[name], chosen[name])
             if total + extra <= budget - SPARE:

@@ -34,7 +34,6 @@ by 0.0003, the tickets' rose by 0.002.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,14 +108,15 @@ QP_TRIES = 4  # make_qp_quants: 2 * 4 + 1 steps for the 6-bit scales, a tenth of
 
 
 HEADS = "#heads"  # key suffix of a k/v matrix's per-head, attention-weighted second moments [kv heads, in, in]
-_KV = re.compile(r"blk\.(\d+)\.attn_(k|v)\.weight$")
 
 
 def rounds_heads(types: dict[str, str]) -> bool:
     """Whether a mixture (tensor name → type) sends an attention key or value matrix to a format rounded here:
     only then are second_moments' per-head moments worth their cost (eager attention, ~0.1 GB for SmolLM2).
     Q4_K_NL keeps them Q8_0, which llama.cpp writes."""
-    return any(kind in FORMATS and _KV.search(name) for name, kind in types.items())
+    from slmkit.pipelines.quantize.gguf_quant import KV_MATRIX
+
+    return any(kind in FORMATS and KV_MATRIX.search(name) for name, kind in types.items())
 
 
 def second_moments(model_dir: Path, token_chunks: list[list[int]],
@@ -136,7 +136,7 @@ def second_moments(model_dir: Path, token_chunks: list[list[int]],
     reach 0.055 on held-out text (scripts/bench_quant_mixture.py, general calibration)."""
     import torch
 
-    from slmkit.pipelines.quantize.gguf_quant import each_matrix_input
+    from slmkit.pipelines.quantize.gguf_quant import KV_MATRIX, each_matrix_input
 
     sums: dict[str, torch.Tensor] = {}
     counts: dict[str, int] = {}
@@ -154,7 +154,7 @@ def second_moments(model_dir: Path, token_chunks: list[list[int]],
         n_kv = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
 
     def add(name: str, x) -> None:
-        kv = _KV.search(name)
+        kv = KV_MATRIX.search(name)
         if by_head and kv:
             attn_in[int(kv.group(1))] = x
         if x is last[0]:
